@@ -1,0 +1,102 @@
+"""Private text → token batches for causal-LM training and evaluation.
+
+Each example becomes ``<s> text </s>``, truncated to ``max_len`` tokens; a batch is padded on
+the right and padding positions get label -100 so they never enter the loss. Batching is
+deterministic given the seed, so a resumed run sees the same batches in the same order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class TokenizedTexts:
+    """Token id lists of a set of examples (no padding yet)."""
+
+    ids: tuple[tuple[int, ...], ...]
+    pad_id: int
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(x) for x in self.ids)
+
+
+def tokenize_texts(tokenizer: Any, texts: Sequence[str], max_len: int) -> TokenizedTexts:
+    if not texts:
+        raise ValueError("no texts to tokenize: the phone has no usable examples")
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    rows: list[tuple[int, ...]] = []
+    for enc in encoded:
+        seq = ([bos] if bos is not None else []) + list(enc) + ([eos] if eos is not None else [])
+        rows.append(tuple(seq[:max_len]))
+    return TokenizedTexts(ids=tuple(rows), pad_id=int(pad))
+
+
+def collate(tok: TokenizedTexts, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` for the given rows."""
+    rows = [tok.ids[i] for i in indices]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tok.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
+    labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def batch_schedule(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
+    """Row indices for each of ``steps`` batches: epochs of seeded permutations."""
+    rng = np.random.default_rng(seed)
+    order: list[int] = []
+    out: list[list[int]] = []
+    bs = min(batch_size, n)
+    for _ in range(steps):
+        if len(order) < bs:
+            order.extend(int(i) for i in rng.permutation(n))
+        out.append(order[:bs])
+        del order[:bs]
+    return out
+
+
+def token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[float, int]:
+    """Sum of next-token losses and the number of predicted tokens in a batch."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    logits = out.logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]),
+        labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    return float(loss), int((labels != IGNORE_INDEX).sum())
+
+
+def evaluate_loss(model: torch.nn.Module, tok: TokenizedTexts, batch_size: int = 32) -> float:
+    """Token-weighted mean next-token loss over all rows (the held-out metric)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(tok), batch_size):
+            batch = collate(tok, range(start, min(start + batch_size, len(tok))))
+            s, c = token_loss_sum(model, batch)
+            total += s
+            count += c
+    if was_training:
+        model.train()
+    return total / max(count, 1)

@@ -1,0 +1,5 @@
+"""`python -m fedlora` runs the CLI."""
+
+from fedlora.cli import main
+
+main()
