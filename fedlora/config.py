@@ -281,3 +281,11 @@ def settings_to_toml(settings: FedloraSettings) -> str:
 
 def _deepcopy(data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _deepcopy(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+
+
+def settings_from_run_config(run_config: Mapping[str, Any]) -> FedloraSettings:
+    """Settings of a Flower deployment: run config ``fedlora-config`` (a TOML path) plus
+    ``fedlora-set`` (``;``-separated ``section.key=value`` overrides)."""
+    path = run_config.get("fedlora-config")
+    overrides = [s for s in str(run_config.get("fedlora-set", "")).split(";") if s.strip()]
+    return load_settings(str(path) if path else None, overrides)

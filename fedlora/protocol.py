@@ -8,6 +8,8 @@ API carries a ``RecordDict``; we use:
 * ``fedlora.privacy`` (ConfigRecord): the round's privacy context, server → phone;
 * ``fedlora.delta`` (ArrayRecord + ``.meta``): the phone's LoRA delta — only when secure
   aggregation is off;
+* ``fedlora.vector`` (ArrayRecord): the phone's privatized contribution vector — only when
+  secure aggregation is off (with it, the vector only ever leaves the phone masked);
 * ``fedlora.report`` (ConfigRecord): :class:`PhoneReport`, phone → server.
 
 Adapters use :func:`fedlora.records.put_adapter` / ``get_adapter`` (``<name>`` and
@@ -31,6 +33,7 @@ COMMUNITY = "fedlora.community"
 ROUND = "fedlora.round"
 PRIVACY = "fedlora.privacy"
 DELTA = "fedlora.delta"
+VECTOR = "fedlora.vector"
 REPORT = "fedlora.report"
 
 PhoneStatus = Literal["trained", "not_allowed", "deadline", "no_data", "failed"]
@@ -69,6 +72,7 @@ class RoundInstructions:
     learning_rate: float
     seed: int
     layout_digest: str
+    round_ranks: str = ""
     rule: str = "rank_fedavg"
     secure_aggregation: bool = False
     micro_batch_size: int | None = None
@@ -76,6 +80,13 @@ class RoundInstructions:
 
     def to_record(self) -> ConfigRecord:
         return _to_config(self)
+
+    @property
+    def ranks(self) -> tuple[int, ...]:
+        """All rank groups of the round (the aggregation layout is padded to their max)."""
+        if not self.round_ranks:
+            return (self.rank,)
+        return tuple(sorted({int(r) for r in self.round_ranks.split(",")}))
 
     @classmethod
     def from_record(cls, record: ConfigRecord | None) -> RoundInstructions:
