@@ -7,7 +7,6 @@ import typer
 from fedlora import __version__
 from fedlora.cli import adapter, base, client, data
 from fedlora.cli.common import ConfigOpt, SetOpt, console, friendly_errors, settings_from
-from fedlora.server import hub_cli
 
 app = typer.Typer(
     help="fedlora: federated LoRA fine-tuning for phones.",
@@ -18,7 +17,6 @@ app.add_typer(base.app, name="base")
 app.add_typer(data.app, name="data")
 app.add_typer(adapter.app, name="adapter")
 app.add_typer(client.app, name="client")
-app.add_typer(hub_cli.app, name="hub")
 
 config_app = typer.Typer(help="Show and check configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -47,5 +45,14 @@ def config_check(config: ConfigOpt = None, set_: SetOpt = None) -> None:
         console.print("configuration is valid")
 
 
+def _add_hub() -> None:
+    """Mount `fedlora hub` here, not at import: fedlora.server.hub_cli itself imports
+    fedlora.cli.common, so a module-level import would be circular."""
+    from fedlora.server import hub_cli
+
+    app.add_typer(hub_cli.app, name="hub")
+
+
 def main() -> None:
+    _add_hub()
     app()
