@@ -1,33 +1,33 @@
-"""One round of local training behind the ClientApp, on plain PEFT.
+"""One round of local training behind the ClientApp: a thin adapter onto :class:`PhoneSession`.
 
-The frozen base is loaded once per process (explicit cache) and copied per round, so phones
-simulated in the same worker share one load; the community view is attached with validation
-(wrong base fingerprint or shapes → refused before anything trains); the delta is the
-trained adapter minus the received one, at the phone's rank.
+The ClientApp's trainer signature is ``(instructions, community, ClientData, settings,
+Context) → RoundOutcome``; everything else — base loaded once per process and shared,
+device policy, data hygiene, memory planning, resumable training, rule-specific phone
+behaviour (FFA, FedSA), the delta in the instructed rank's layout — is the session's.
+
+Node config keys (deployment; all optional):
+
+* ``device-probe`` = ``sysfs`` — check the device policy with the real
+  :class:`~fedlora.client.device_probe.SysfsProbe` (simulations leave it out: no policy);
+* ``state-dir`` — the phone's private directory for resumable state and FedSA's personal B.
 """
 
 from __future__ import annotations
 
-import copy
-import time
-from functools import lru_cache
+from pathlib import Path
 
 from flwr.app import Context
 
 from fedlora.adapter import LoraAdapter
 from fedlora.client.app import RoundOutcome
-from fedlora.client.model_loading import LoadedBase, load_base
-from fedlora.client.peft_bridge import attach_adapter, extract_adapter
-from fedlora.client.text_batches import evaluate_loss, tokenize_texts
-from fedlora.client.trainer import TrainConfig, train_lora
+from fedlora.client.device_probe import SysfsProbe
+from fedlora.client.policy import DeviceProbe
+from fedlora.client.session import PhoneSession
 from fedlora.config import FedloraSettings
 from fedlora.data.federated import ClientData
-from fedlora.protocol import PhoneReport, RoundInstructions
+from fedlora.protocol import RoundInstructions
 
-
-@lru_cache(maxsize=2)
-def cached_base(source: str, quantization: str) -> LoadedBase:
-    return load_base(source, quantization)
+_SESSION = PhoneSession()
 
 
 def train_round(
@@ -37,39 +37,16 @@ def train_round(
     settings: FedloraSettings,
     context: Context,
 ) -> RoundOutcome:
-    started = time.perf_counter()
-    if not data.train:
-        return RoundOutcome(None, PhoneReport(status="no_data", reason="no training examples"))
-    base = cached_base(settings.model.base, settings.model.quantization)
-    model = attach_adapter(copy.deepcopy(base.model), community, base.spec)
-    max_len = settings.model.max_seq_len
-    train = tokenize_texts(base.tokenizer, data.train, max_len)
-    heldout = tokenize_texts(base.tokenizer, data.heldout or data.train, max_len)
-    before = evaluate_loss(model, heldout)
-    cfg = TrainConfig(
-        steps=instr.local_steps,
-        batch_size=instr.batch_size,
-        micro_batch_size=instr.micro_batch_size,
-        learning_rate=instr.learning_rate,
-        seed=instr.seed,
+    node = context.node_config
+    probe: DeviceProbe | None = SysfsProbe("/") if node.get("device-probe") == "sysfs" else None
+    state_dir = node.get("state-dir")
+    outcome = _SESSION.run_round(
+        instr,
+        community,
+        data.train,
+        settings,
+        probe=probe,
+        state_dir=Path(str(state_dir)) if state_dir else None,
+        heldout_texts=data.heldout or None,
     )
-    train_lora(model, train, cfg)
-    after = evaluate_loss(model, heldout)
-    trained = extract_adapter(model, base_fingerprint=base.fingerprint)
-    trained = trained.with_meta(
-        alphas=community.meta.alphas, version=community.meta.version, round=instr.round
-    )
-    delta = trained.minus(community)
-    report = PhoneReport(
-        status="trained",
-        num_examples=len(train),
-        steps=cfg.steps,
-        loss_before=before,
-        loss_after=after,
-        seconds=time.perf_counter() - started,
-        backend="cpu",
-        dtype=str(base.compute_dtype).removeprefix("torch."),
-        quantization=base.quantization,
-        rank=delta.max_rank,
-    )
-    return RoundOutcome(delta=delta, report=report)
+    return RoundOutcome(delta=outcome.delta, report=outcome.report)

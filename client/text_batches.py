@@ -72,18 +72,40 @@ def batch_schedule(n: int, batch_size: int, steps: int, seed: int) -> list[list[
     return out
 
 
-def token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[float, int]:
-    """Sum of next-token losses and the number of predicted tokens in a batch."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+def predicted_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """How many next-token predictions a batch contributes to the loss."""
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    if device.type == "cpu":
+        return batch
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def summed_token_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum (not mean) of next-token cross-entropies over a batch's labelled positions.
+
+    Summing lets a step divide by the token count of the *whole* batch, so splitting it
+    into micro-batches (accumulation) does not change the loss or the gradient.
+    """
+    out = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    )
     logits = out.logits[:, :-1].float()
-    labels = batch["labels"][:, 1:]
-    loss = torch.nn.functional.cross_entropy(
+    labels = batch["labels"][:, 1:].to(logits.device)
+    return torch.nn.functional.cross_entropy(
         logits.reshape(-1, logits.shape[-1]),
         labels.reshape(-1),
         ignore_index=IGNORE_INDEX,
         reduction="sum",
     )
-    return float(loss), int((labels != IGNORE_INDEX).sum())
+
+
+def token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[float, int]:
+    """Sum of next-token losses and the number of predicted tokens in a batch."""
+    device = next(model.parameters()).device
+    return float(summed_token_loss(model, to_device(batch, device))), predicted_tokens(batch)
 
 
 def evaluate_loss(model: torch.nn.Module, tok: TokenizedTexts, batch_size: int = 32) -> float:
@@ -100,3 +122,9 @@ def evaluate_loss(model: torch.nn.Module, tok: TokenizedTexts, batch_size: int =
     if was_training:
         model.train()
     return total / max(count, 1)
+
+
+def longest_rows(tok: TokenizedTexts, k: int) -> list[int]:
+    """Indices of the ``k`` longest examples (repeated if there are fewer): a worst case."""
+    order = sorted(range(len(tok)), key=lambda i: -len(tok.ids[i]))
+    return [order[i % len(order)] for i in range(k)]

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from fedlora.cli.client_export import export as _export
 from fedlora.cli.common import (
     ConfigOpt,
     SetOpt,
@@ -18,6 +19,7 @@ from fedlora.cli.common import (
 )
 
 app = typer.Typer(help="Phone-side commands.", no_args_is_help=True)
+app.command("export")(_export)
 
 
 @app.command("finetune")
