@@ -54,13 +54,16 @@ esac
 # A base image imported from a directory made by `mktemp -d` has a 0700 root directory, and
 # no unprivileged process can run in it (layers cannot change "/"). If that is what this
 # machine has, re-import it through export (which carries no "/" entry) under a local name.
+FIXED_BASE=localhost/fedlora-smoke-base:bookworm-slim
 if [[ "$P" == podman* ]] && ! $P run --rm "${RUN_EXTRA[@]}" --user 65534 --entrypoint /bin/true \
     debian:bookworm-slim >/dev/null 2>&1; then
-  say "repairing this machine's debian:bookworm-slim (root directory not traversable)"
-  base_cid=$($P create debian:bookworm-slim /bin/true)
-  $P export "$base_cid" | $P import - localhost/fedlora-smoke-base:bookworm-slim >/dev/null
-  $P rm "$base_cid" >/dev/null
-  BUILD_EXTRA+=(--build-arg BASE_IMAGE=localhost/fedlora-smoke-base:bookworm-slim)
+  if ! $P image exists "$FIXED_BASE"; then  # re-importing each time would defeat the cache
+    say "repairing this machine's debian:bookworm-slim (root directory not traversable)"
+    base_cid=$($P create debian:bookworm-slim /bin/true)
+    $P export "$base_cid" | $P import - "$FIXED_BASE" >/dev/null
+    $P rm "$base_cid" >/dev/null
+  fi
+  BUILD_EXTRA+=(--build-arg BASE_IMAGE="$FIXED_BASE")
 fi
 
 cleanup() {
@@ -120,15 +123,15 @@ curl -fsS -D "$WORK/headers" -o "$WORK/latest-r4.safetensors" "$BASE/v1/adapters
 curl -fsS "$BASE/v1/signing-key" -o "$WORK/key.json"
 etag=$(grep -i '^etag:' "$WORK/headers" | cut -d' ' -f2 | tr -d '\r')
 sig=$(grep -i '^x-fedlora-signature:' "$WORK/headers" | cut -d' ' -f2 | tr -d '\r')
-$P exec -i "$NAME" python3 -c "
-import base64, json, sys
-from fedlora.privacy.signing import AdapterSignature, load_verified, public_key_from_raw
-data = sys.stdin.buffer.read()
-key = json.loads('''$(cat "$WORK/key.json")''')
-pinned = public_key_from_raw(base64.b64decode(key['public_key_raw_b64']))
-adapter = load_verified(data, AdapterSignature.from_json(base64.b64decode('$sig')), pinned)
-print('verified: rank', adapter.max_rank, 'modules', len(adapter.modules), 'key', key['key_id'])
-" < "$WORK/latest-r4.safetensors"
+key_b64=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["public_key_raw_b64"])' "$WORK/key.json")
+$P exec -i -e KEY_B64="$key_b64" -e SIG_B64="$sig" "$NAME" python3 -c '
+import base64, os, sys
+from fedlora.privacy.signing import AdapterSignature, key_id, load_verified, public_key_from_raw
+pinned = public_key_from_raw(base64.b64decode(os.environ["KEY_B64"]))
+signature = AdapterSignature.from_json(base64.b64decode(os.environ["SIG_B64"]))
+adapter = load_verified(sys.stdin.buffer.read(), signature, pinned)
+print("verified: rank", adapter.max_rank, "modules", len(adapter.modules), "key", key_id(pinned))
+' < "$WORK/latest-r4.safetensors"
 code=$(curl -s -o /dev/null -w '%{http_code}' -H "If-None-Match: $etag" "$BASE/v1/adapters/latest?rank=4")
 [ "$code" = 304 ] || { echo "If-None-Match gave $code, not 304" >&2; exit 1; }
 echo "If-None-Match $etag -> 304"

@@ -11,15 +11,51 @@ container's entry point and the load benchmark use. Storage comes from the confi
 from __future__ import annotations
 
 import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.console import Console
 
-from fedlora.cli.common import ConfigOpt, SetOpt, console, friendly_errors, settings_from
+from fedlora.config import FedloraSettings, load_settings
+from fedlora.errors import FedloraError
 
 if TYPE_CHECKING:
     from .registry import Registry
+
+# The same -c/--set options as the rest of the CLI. They are defined here rather than
+# imported from fedlora.cli.common: importing anything under fedlora.cli runs the main CLI's
+# __init__, which imports this module (an import cycle) and every other command group.
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML configuration file (see fedlora.toml)."),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", "-s", help="Override a setting: section.key=value (TOML literal). Repeatable."
+    ),
+]
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def settings_from(config: Path | None, overrides: list[str] | None) -> FedloraSettings:
+    return load_settings(config, overrides or [])
+
+
+@contextmanager
+def friendly_errors() -> Iterator[None]:
+    """Our own errors as one clear message and exit status 2, like the rest of the CLI."""
+    try:
+        yield
+    except (FedloraError, FileNotFoundError, ValueError) as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+        sys.exit(2)
+
 
 app = typer.Typer(
     help="The adapter hub: HTTP API for phones, dashboard, registry maintenance.",
