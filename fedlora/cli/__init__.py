@@ -5,8 +5,9 @@ from __future__ import annotations
 import typer
 
 from fedlora import __version__
-from fedlora.cli import adapter, base, client, data
+from fedlora.cli import adapter, base, client, data, deploy, keys, simulate
 from fedlora.cli.common import ConfigOpt, SetOpt, console, friendly_errors, settings_from
+from fedlora.server import hub_cli
 
 app = typer.Typer(
     help="fedlora: federated LoRA fine-tuning for phones.",
@@ -17,6 +18,10 @@ app.add_typer(base.app, name="base")
 app.add_typer(data.app, name="data")
 app.add_typer(adapter.app, name="adapter")
 app.add_typer(client.app, name="client")
+app.add_typer(hub_cli.app, name="hub")
+app.add_typer(keys.app, name="keys")
+app.add_typer(deploy.app, name="deploy")
+app.command("simulate")(simulate.simulate)
 
 config_app = typer.Typer(help="Show and check configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -45,14 +50,5 @@ def config_check(config: ConfigOpt = None, set_: SetOpt = None) -> None:
         console.print("configuration is valid")
 
 
-def _add_hub() -> None:
-    """Mount `fedlora hub` here, not at import: fedlora.server.hub_cli itself imports
-    fedlora.cli.common, so a module-level import would be circular."""
-    from fedlora.server import hub_cli
-
-    app.add_typer(hub_cli.app, name="hub")
-
-
 def main() -> None:
-    _add_hub()
     app()

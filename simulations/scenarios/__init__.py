@@ -1,0 +1,1 @@
+"""Bundled scenario files (``<name>.toml``), loaded by :mod:`fedlora.simulations.scenario`."""
