@@ -11,15 +11,20 @@ does in a round — is run:
 * **simulated** — ``fedlora simulate`` on Flower's simulation engine (Ray, one actor per
   CPU, real ClientApp/ServerApp, registry), a ``uniform`` population (nobody refuses or
   drops, so the work is identical), no DP or secure aggregation (their cost is not the
-  framework's), no end-of-run evaluation; with ``phones`` and with ``big_phones`` simulated
-  phones (same per-round work) to show memory is flat in the population size.
+  framework's), no end-of-run evaluation; every phone trains alone on PEFT
+  (``simulation.vectorized=false``); with ``phones`` and with ``big_phones`` simulated
+  phones (same per-round work) to show memory is flat in the population size;
+* **simulated, vectorized** — the same run with ``simulation.vectorized=true`` (the default):
+  the phones' training goes to the shared vectorized service
+  (:mod:`fedlora.simulations.vectorized_service`), K = ``simulation.vectorized_phones`` at once.
 
 Each variant runs as a child process, timed from spawn to exit (imports, Ray start and
 model loads included on both sides); peak memory is the RSS of the child's whole process
 tree (driver, GCS, raylet, workers) sampled every 0.5 s.
 
-``vectorized_speedup`` (standalone wall / simulated wall with vectorized phones) is null
-until :mod:`fedlora.simulations.vectorized` is wired into the simulated ClientApp.
+``overhead_vs_standalone`` = simulated (not vectorized) wall / standalone wall;
+``vectorized_speedup`` = standalone wall / simulated vectorized wall (> 1: simulating with
+vectorized phones is faster than the plain one-phone-at-a-time loop).
 
 Run:  python benchmarks/simulation.py            (≈ 10-20 minutes on 2 busy cores)
       python benchmarks/simulation.py --quick    (a smoke run)
@@ -109,11 +114,20 @@ def child_simulated(args: argparse.Namespace) -> None:
     from fedlora.simulations.driver import run_scenario
     from fedlora.simulations.scenario import load_scenario
 
-    sc = load_scenario("smoke", _work_settings(args, args.phones))
+    vectorized = "true" if args.vectorized else "false"
+    sets = [*_work_settings(args, args.phones), f"simulation.vectorized={vectorized}"]
+    sc = load_scenario("smoke", sets)
     result = run_scenario(sc, Path(args.out))
-    print(json.dumps({"simulation_s": result.summary["wall_s"]["simulation"]}))
-    assert result.summary["status"] == "completed", result.summary.get("error")
-    assert result.summary["rounds_published"] == args.rounds
+    summary = result.summary
+    print(
+        json.dumps(
+            {"simulation_s": summary["wall_s"]["simulation"], "trainers": summary["trainers"]}
+        )
+    )
+    assert summary["status"] == "completed", summary.get("error")
+    assert summary["rounds_published"] == args.rounds
+    expected = "vectorized" if args.vectorized else "peft"
+    assert set(summary["trainers"]) == {expected}, summary["trainers"]
 
 
 # ---------------------------------------------------------------------------- parent
@@ -147,6 +161,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--vectorized", type=int, default=0)
     p.add_argument("--out", default="")
     p.add_argument("--quick", action="store_true")
     p.add_argument(
@@ -182,6 +197,11 @@ def main() -> None:
                 {"phones": args.phones, "out": Path(tmp, "a")},
             ),
             (
+                f"simulated_vectorized_{args.phones}",
+                "simulated",
+                {"phones": args.phones, "out": Path(tmp, "v"), "vectorized": 1},
+            ),
+            (
                 f"simulated_{args.big_phones}",
                 "simulated",
                 {"phones": args.big_phones, "out": Path(tmp, "b")},
@@ -191,11 +211,12 @@ def main() -> None:
             results[name] = run_child(args, mode, **extra)
             r = results[name]
             print(
-                f"{name:>22}: {r['wall_s']:7.1f} s  peak RSS {r['peak_rss_mb']:7.0f} MB", flush=True
+                f"{name:>26}: {r['wall_s']:7.1f} s  peak RSS {r['peak_rss_mb']:7.0f} MB", flush=True
             )
     standalone = min(r["wall_s"] for k, r in results.items() if k.startswith("standalone"))
     sim = results[f"simulated_{args.phones}"]
     big = results[f"simulated_{args.big_phones}"]
+    vec = results[f"simulated_vectorized_{args.phones}"]
     out = {
         "phones": args.phones,
         "big_phones": args.big_phones,
@@ -208,9 +229,11 @@ def main() -> None:
         "simulated_engine_s": sim.get("simulation_s"),
         "simulated_big_wall_s": big["wall_s"],
         "overhead_vs_standalone": sim["wall_s"] / standalone,
-        "vectorized_speedup": None,
-        "vectorized_note": "simulations/vectorized.py is not wired into the simulated "
-        "ClientApp yet",
+        "simulated_vectorized_wall_s": vec["wall_s"],
+        "simulated_vectorized_engine_s": vec.get("simulation_s"),
+        "vectorized_speedup": standalone / vec["wall_s"],
+        "vectorized_vs_simulated": sim["wall_s"] / vec["wall_s"],
+        f"peak_rss_mb_vectorized_{args.phones}": vec["peak_rss_mb"],
         f"peak_rss_mb_{args.phones}": sim["peak_rss_mb"],
         f"peak_rss_mb_{args.big_phones}": big["peak_rss_mb"],
         "peak_rss_ratio": big["peak_rss_mb"] / sim["peak_rss_mb"],

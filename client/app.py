@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 
 PENDING = "fedlora.pending"
 CAPABILITIES = "fedlora.capabilities"
+PHONE_METRICS = "fedlora.phone_metrics"
 
 
 @dataclass(frozen=True)
@@ -75,10 +76,16 @@ class PhoneIdentity:
 
 @dataclass(frozen=True)
 class RoundOutcome:
-    """A phone's training result: the delta (None if it did not train) and its report."""
+    """A phone's training result: the delta (None if it did not train) and its report.
+
+    ``metrics`` are extra numbers / short strings the trainer chooses to publish with the
+    reply (record ``fedlora.phone_metrics``); the deployment trainer publishes none, a
+    simulation says which local trainer ran (``trainer``: ``vectorized`` | ``peft``).
+    """
 
     delta: LoraAdapter | None
     report: PhoneReport
+    metrics: Mapping[str, int | float | str] = field(default_factory=dict)
 
 
 RoundTrainer = Callable[
@@ -217,8 +224,11 @@ def make_client_app(
         data = phone_data(s, context)
         outcome = _trainer()(instr, community, data, s, context)
         report = outcome.report
+        extra: dict[str, Any] = {}
+        if outcome.metrics:
+            extra[PHONE_METRICS] = ConfigRecord(dict(outcome.metrics))
         if outcome.delta is None or report.status != "trained":
-            return _reply(message, report)
+            return _reply(message, report, extra)
         prepared = prepare_contribution(
             outcome.delta,
             community,
@@ -234,10 +244,10 @@ def make_client_app(
             # what it will upload in SecAgg stage 2: the masked vector, one ring word a value
             word = word_dtype(ctx.modulus_bits or 64).itemsize
             report = replace(report, bytes_up=int(prepared.vector.size * word))
-            return _reply(message, report)
+            return _reply(message, report, extra)
         vec = ArrayRecord({"vector": Array(prepared.vector)})
         report = replace(report, bytes_up=int(prepared.vector.nbytes))
-        return _reply(message, report, {VECTOR: vec})
+        return _reply(message, report, {VECTOR: vec, **extra})
 
     def private_input(message: Message, context: Context) -> np.ndarray:
         pending = context.state.get(PENDING)

@@ -22,7 +22,8 @@ from fedlora.adapter import LoraAdapter
 from fedlora.client.app import RoundOutcome
 from fedlora.client.device_probe import SysfsProbe
 from fedlora.client.policy import DeviceProbe
-from fedlora.client.session import PhoneSession
+from fedlora.client.session import PhoneOptions, PhoneSession
+from fedlora.client.session import RoundOutcome as SessionOutcome
 from fedlora.config import FedloraSettings
 from fedlora.data.federated import ClientData
 from fedlora.protocol import RoundInstructions
@@ -37,6 +38,21 @@ def train_round(
     settings: FedloraSettings,
     context: Context,
 ) -> RoundOutcome:
+    """The deployment trainer: plain PEFT, nothing but the report in the reply."""
+    outcome = session_round(instr, community, data, settings, context)
+    return RoundOutcome(delta=outcome.delta, report=outcome.report)
+
+
+def session_round(
+    instr: RoundInstructions,
+    community: LoraAdapter,
+    data: ClientData,
+    settings: FedloraSettings,
+    context: Context,
+    options: PhoneOptions | None = None,
+) -> SessionOutcome:
+    """One round through this process's :class:`PhoneSession` (``options``: the session's
+    defaults; a simulation passes a vectorized local trainer)."""
     node = context.node_config
     probe: DeviceProbe | None = SysfsProbe("/") if node.get("device-probe") == "sysfs" else None
     state_dir = node.get("state-dir")
@@ -48,5 +64,6 @@ def train_round(
         probe=probe,
         state_dir=Path(str(state_dir)) if state_dir else None,
         heldout_texts=data.heldout or None,
+        options=options,
     )
-    return RoundOutcome(delta=outcome.delta, report=outcome.report)
+    return outcome

@@ -13,7 +13,10 @@ load per ``(model source, quantization, device, double_quant)``, shared by every
 4. **attach** the community view (validated against the base fingerprint first) at the
    planned rank, apply the aggregation rule's phone-side needs — ``ffa``: A frozen;
    ``fedsa``: the phone's own B from its state directory, B kept local afterwards;
-5. **train** (resumable, deadline, cooling) and measure loss before/after and peak memory;
+5. **train** (resumable, deadline, cooling) and measure loss before/after and peak memory —
+   on PEFT, or through an injected :class:`LocalTrainer` (``PhoneOptions.trainer``: the
+   simulation's vectorized service) where it supports the round; ``metrics["trainer"]``
+   says which ran;
 6. **delta** = trained − received, factor-wise, in the *instructed* rank's layout (a lower
    planned rank is zero-padded back), and a :class:`~fedlora.protocol.PhoneReport` of numbers
    and short status strings only.
@@ -26,13 +29,14 @@ the next simulated phone, starts from the clean base.
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -77,8 +81,55 @@ from fedlora.layout import FlatLayout
 from fedlora.protocol import PhoneReport, PhoneStatus, RoundInstructions
 from fedlora.ranks import pad_to_rank, truncate_to_rank
 
+log = logging.getLogger(__name__)
+
 Metric = int | float | str
 BaseKey = tuple[str, str, str, bool]
+
+
+@dataclass(frozen=True)
+class LocalTrainingJob:
+    """What one phone's local training needs, once policy, hygiene, FedSA and the memory plan
+    are settled: the start adapter (at the planned rank), tokenized training and evaluation
+    rows, the train config (plan included) and whether A is frozen (FFA)."""
+
+    base: LoadedBase
+    start: LoraAdapter
+    train: TokenizedTexts
+    eval: TokenizedTexts
+    config: TrainConfig
+    freeze_a: bool
+    lora_dropout: float
+
+
+@dataclass(frozen=True)
+class LocalTrainingResult:
+    """A local trainer's answer: the trained adapter at ``start``'s ranks (float32, start's
+    metadata), the training result, the evaluation loss before/after, the peak memory (None:
+    not measured per phone) and where the time went."""
+
+    adapter: LoraAdapter
+    result: TrainResult
+    loss_before: float
+    loss_after: float
+    peak_memory_mb: float | None = None
+    metrics: Mapping[str, Metric] = field(default_factory=dict)
+
+
+class LocalTrainer(Protocol):
+    """Replaces attach → evaluate → train → evaluate → extract for a phone's round.
+
+    ``name`` goes into the round's ``metrics["trainer"]``; :meth:`unsupported` says why this
+    trainer cannot run ``job`` (the session then uses plain PEFT and records the reason);
+    :meth:`run` does the work. The deployment client has none (plain PEFT); simulations pass
+    a vectorized one (:mod:`fedlora.simulations.vectorized_service`).
+    """
+
+    name: str
+
+    def unsupported(self, job: LocalTrainingJob) -> str | None: ...
+
+    def run(self, job: LocalTrainingJob) -> LocalTrainingResult: ...
 
 
 @dataclass(frozen=True)
@@ -87,7 +138,8 @@ class PhoneOptions:
 
     ``memory_budget_mb`` falls back to ``profile.budget_mb`` when the settings give none;
     ``force_plan`` skips planning (simulated phone classes, tests); MeZO's learning rate
-    defaults to ``mezo_lr_scale`` × the instructed rate (SPSA steps need a smaller rate).
+    defaults to ``mezo_lr_scale`` × the instructed rate (SPSA steps need a smaller rate);
+    ``trainer`` replaces plain PEFT training where it can (:class:`LocalTrainer`; None: PEFT).
     """
 
     policy: DevicePolicy = field(default_factory=DevicePolicy)
@@ -101,6 +153,7 @@ class PhoneOptions:
     force_plan: TrainPlan | None = None
     max_probes: int = 4
     eval_max_examples: int = 64
+    trainer: LocalTrainer | None = None
 
 
 @dataclass(frozen=True)
@@ -221,6 +274,18 @@ class PhoneSession:
         with lock:
             yield
 
+    @contextmanager
+    def _released(self, key: BaseKey) -> Iterator[None]:
+        """Let other rounds use the base while this one waits on a trainer that never
+        touches it (a vectorized service batches phones of concurrent rounds)."""
+        with self._registry_lock:
+            lock = self._locks[key]
+        lock.release()
+        try:
+            yield
+        finally:
+            lock.acquire()
+
     # ------------------------------------------------------------------ round
     def run_round(
         self,
@@ -333,6 +398,70 @@ class PhoneSession:
         if fit.backoffs:
             metrics["backoff_path"] = " > ".join(fit.backoffs)[:200]
         start = view if plan.rank == instr.rank else truncate_to_rank(view, plan.rank)
+        deadline = instr.deadline_s if instr.deadline_s is not None else client.round_deadline_s
+        mezo = plan.method == "mezo"
+        cfg = TrainConfig(
+            steps=instr.local_steps,
+            batch_size=instr.batch_size,
+            micro_batch_size=plan.micro_batch,
+            learning_rate=instr.learning_rate * (opts.mezo_lr_scale if mezo else 1.0),
+            weight_decay=client.weight_decay,
+            seed=instr.seed,
+            gradient_checkpointing=plan.checkpointing,
+            cooling_every=client.cooling_every,
+            cooling_seconds=client.cooling_seconds,
+            deadline_s=deadline,  # the time left is set after the first evaluation
+            checkpoint_every=client.checkpoint_every if local is not None else 0,
+            checkpoint_path=local.train_state_path if local is not None else None,
+            run_key=f"{round_key}:{plan.describe()}",
+            method=plan.method,
+            mezo_eps=opts.mezo_eps,
+        )
+        done: LocalTrainingResult | None = None
+        if opts.trainer is not None:
+            job = LocalTrainingJob(
+                base, start, tok, eval_tok, cfg, instr.rule == "ffa", settings.lora.dropout
+            )
+            why_not = opts.trainer.unsupported(job)
+            if why_not is None:
+                try:
+                    with self._released(self.base_key(settings.model, client.device)):
+                        done = opts.trainer.run(job)
+                except Exception as exc:  # the round still happens, on plain PEFT
+                    log.warning("%s trainer failed, using PEFT: %s", opts.trainer.name, exc)
+                    why_not = f"error: {type(exc).__name__}: {exc}"
+            if done is not None:
+                metrics["trainer"] = opts.trainer.name
+                metrics.update(done.metrics)
+            else:
+                metrics["trainer"] = "peft"
+                metrics["trainer_fallback"] = (why_not or "")[:200]
+        else:
+            metrics["trainer"] = "peft"
+        if done is not None:
+            result, loss_before, loss_after = done.result, done.loss_before, done.loss_after
+            after, peak = done.adapter, done.peak_memory_mb
+        else:
+            result, loss_before, loss_after, after, peak = self._train_peft(
+                base, start, tok, eval_tok, cfg, instr, settings, started
+            )
+        return self._finish_round(
+            base, instr, community, view, start, after, result, loss_before, loss_after, peak,
+            hygiene, settings, opts, local, plan, metrics, started,
+        )  # fmt: skip
+
+    def _train_peft(
+        self,
+        base: LoadedBase,
+        start: LoraAdapter,
+        tok: TokenizedTexts,
+        eval_tok: TokenizedTexts,
+        cfg: TrainConfig,
+        instr: RoundInstructions,
+        settings: FedloraSettings,
+        started: float,
+    ) -> tuple[TrainResult, float, float, LoraAdapter, float]:
+        """Plain PEFT: attach → evaluate → train → evaluate → extract (the deployment path)."""
         model = attach_adapter(base.model, start, base.spec, dropout=settings.lora.dropout)
         try:
             if instr.rule == "ffa":
@@ -340,35 +469,41 @@ class PhoneSession:
             t_eval = time.perf_counter()
             loss_before = evaluate_loss(model, eval_tok)
             eval_seconds = time.perf_counter() - t_eval
-            deadline = instr.deadline_s if instr.deadline_s is not None else client.round_deadline_s
             remaining = None
-            if deadline is not None:  # keep time for the final evaluation and the delta
+            if cfg.deadline_s is not None:  # keep time for the final evaluation and the delta
                 used = time.perf_counter() - started
-                remaining = max(0.0, deadline - used - 1.5 * eval_seconds)
-            mezo = plan.method == "mezo"
-            cfg = TrainConfig(
-                steps=instr.local_steps,
-                batch_size=instr.batch_size,
-                micro_batch_size=plan.micro_batch,
-                learning_rate=instr.learning_rate * (opts.mezo_lr_scale if mezo else 1.0),
-                weight_decay=client.weight_decay,
-                seed=instr.seed,
-                gradient_checkpointing=plan.checkpointing,
-                cooling_every=client.cooling_every,
-                cooling_seconds=client.cooling_seconds,
-                deadline_s=remaining,
-                checkpoint_every=client.checkpoint_every if local is not None else 0,
-                checkpoint_path=local.train_state_path if local is not None else None,
-                run_key=f"{round_key}:{plan.describe()}",
-                method=plan.method,
-                mezo_eps=opts.mezo_eps,
-            )
+                remaining = max(0.0, cfg.deadline_s - used - 1.5 * eval_seconds)
+            cfg = replace(cfg, deadline_s=remaining)
             with PeakMemoryMeter(base.device) as meter:
                 result = train_lora(model, tok, cfg)
             loss_after = evaluate_loss(model, eval_tok)
             after = extract_adapter(model, base_fingerprint=base.fingerprint)
         finally:
             model.unload()
+        return result, loss_before, loss_after, after, _peak_mb(base, meter)
+
+    def _finish_round(
+        self,
+        base: LoadedBase,
+        instr: RoundInstructions,
+        community: LoraAdapter,
+        view: LoraAdapter,
+        start: LoraAdapter,
+        after: LoraAdapter,
+        result: TrainResult,
+        loss_before: float,
+        loss_after: float,
+        peak: float | None,
+        hygiene: HygieneResult,
+        settings: FedloraSettings,
+        opts: PhoneOptions,
+        local: PhoneLocalState | None,
+        plan: TrainPlan,
+        metrics: dict[str, Metric],
+        started: float,
+    ) -> RoundOutcome:
+        """The delta in the community's layout, FedSA's local B, metrics and the report."""
+        client = settings.client
         delta, trained = _delta_at_rank(after, start, view, instr.rule)
         delta = delta.with_meta(round=instr.round, producer="fedlora-phone")
         if instr.rule == "fedsa":
@@ -381,7 +516,6 @@ class PhoneSession:
         if local is not None:
             local.clear_round()
         metrics.update(_train_metrics(result, delta, instr))
-        peak = _peak_mb(base, meter)
         budget = client.memory_budget_mb or (opts.profile.budget_mb if opts.profile else None)
         if budget is not None:
             metrics["memory_budget_mb"] = float(budget)

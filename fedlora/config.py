@@ -140,9 +140,22 @@ class SimulationSettings(Section):
 
     population: str = "mixed"
     ranks: list[int] = Field(default_factory=lambda: [4, 8, 16], min_length=1)
-    vectorized: bool = True
+    vectorized: bool = Field(
+        True,
+        description="train concurrent simulated phones in one batched pass "
+        "(simulations/vectorized_service.py); false: every phone trains alone on PEFT",
+    )
+    vectorized_phones: int = Field(
+        8,
+        ge=1,
+        le=4096,
+        description="vectorized mode: phones trained at once (K); each Ray actor gets "
+        "cpus / K CPUs so that K phones' calls can wait on the service together",
+    )
     ray_address: str | None = None
-    num_cpus_per_client: float = Field(1.0, gt=0, le=1024)
+    num_cpus_per_client: float = Field(
+        1.0, gt=0, le=1024, description="CPUs per Ray actor when not vectorized"
+    )
     output_dir: str = "runs"
 
 

@@ -11,8 +11,11 @@ file, blob directory, signing key — so a run is self-contained and the hub can
 Efficiency: Ray starts one actor per ``simulation.num_cpus_per_client`` CPUs; each actor
 process loads the base model once (the phone session caches it) and builds the synthetic
 federation once (deterministic, per process); only adapters and contribution vectors move
-between driver and actors. The driver keeps per-round records only — nothing per phone — and
-the phones' decision trace goes to a file. ``ray_address`` connects to an existing Ray
+between driver and actors. With ``simulation.vectorized`` (the default) each actor gets
+``cpus / K`` CPUs and the phones' local training goes to one shared Ray actor that trains
+the waiting phones in one batched pass (:mod:`fedlora.simulations.vectorized_service`).
+The driver keeps per-round records only — nothing per phone — and the phones' decision
+trace goes to a file. ``ray_address`` connects to an existing Ray
 cluster instead of starting one (``init_args={"address": ...}``).
 
 Run directory::
@@ -30,8 +33,11 @@ Run directory::
 from __future__ import annotations
 
 import logging
+import math
 import os
+import threading
 import time
+import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -128,9 +134,27 @@ def backend_config(settings: FedloraSettings) -> dict[str, Any]:
     else:
         init["object_store_memory"] = OBJECT_STORE_BYTES
     return {
-        "client_resources": {"num_cpus": settings.simulation.num_cpus_per_client, "num_gpus": 0.0},
+        "client_resources": {"num_cpus": client_cpus(settings), "num_gpus": 0.0},
         "init_args": init,
     }
+
+
+def client_cpus(settings: FedloraSettings) -> float:
+    """CPUs per Flower actor: ``num_cpus_per_client``, or in vectorized mode this machine's
+    CPUs / K (:func:`vectorized_k`) — K actors whose calls wait on the service together (the
+    service itself reserves none and uses every core)."""
+    sim = settings.simulation
+    if not sim.vectorized:
+        return sim.num_cpus_per_client
+    share = (os.cpu_count() or 1) / vectorized_k(settings)
+    return math.floor(share * 1e4) / 1e4  # Ray's resolution; K actors must fit exactly
+
+
+def vectorized_k(settings: FedloraSettings) -> int:
+    """Phones trained at once: ``vectorized_phones``, at most the phones sampled per round
+    (more actors would only wait — and each is a process with torch in it)."""
+    sim, server = settings.simulation, settings.server
+    return max(1, min(sim.vectorized_phones, server.clients_per_round, settings.data.num_clients))
 
 
 def _prepare_environment() -> None:
@@ -217,10 +241,24 @@ def run_scenario(
         on_done=on_done,
         node_wait_s=knobs.node_wait_s,
     )
-    client_app = make_client_app(settings, conditions=hook)
+    from fedlora.simulations.vectorized_service import (
+        ServiceSpec,
+        SimulatedRoundTrainer,
+        start_when_ray_is_up,
+    )
+
+    service = None
+    if settings.simulation.vectorized:
+        name = f"fedlora-vectorized-{uuid.uuid4().hex[:12]}"
+        service = ServiceSpec.for_run(settings, name, vectorized_k(settings))
+    trainer = SimulatedRoundTrainer(service, trace_path=str(paths.trace.resolve()))
+    client_app = make_client_app(settings, trainer, conditions=hook)
     shown.phase("starting Ray and the phones (first round loads the model in each worker)…")
     error: str | None = None
     t_sim = time.perf_counter()
+    stop_starter = threading.Event()
+    if service is not None:
+        start_when_ray_is_up(service, stop_starter)
     with TreeMemorySampler() as memory:
         try:
             run_simulation(
@@ -232,6 +270,8 @@ def run_scenario(
         except (Exception, SystemExit) as exc:  # report what we have, then fail loudly
             error = f"{type(exc).__name__}: {exc}"
             log.error("simulation failed: %s", error)
+        finally:
+            stop_starter.set()
     sim_s = time.perf_counter() - t_sim
 
     shown.phase("evaluating…")
@@ -351,6 +391,7 @@ def build_summary(
         "rounds_aborted": sum(1 for r in records if r.get("status") == "aborted"),
         "budget_exhausted": any(r.get("status") == "budget_exhausted" for r in records),
         "contributions": sum(int(r.get("contributors") or 0) for r in records),
+        "trainers": _trainer_totals(records),
         "epsilon": eps[-1] if eps else None,
         "delta": settings.privacy.delta if settings.privacy.noise != "none" else None,
         "noise": settings.privacy.noise,
@@ -364,6 +405,14 @@ def build_summary(
         "registry": {"database": "registry.db", "blobs": "blobs", "signing_key": "signing_key.pem"},
         "knobs": scenario.knobs.model_dump(mode="json"),
     }
+
+
+def _trainer_totals(records: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in records:
+        for name, n in (r.get("trainers") or {}).items():
+            out[name] = out.get(name, 0) + int(n)
+    return dict(sorted(out.items()))
 
 
 def write_outputs(

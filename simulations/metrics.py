@@ -44,6 +44,12 @@ def round_record(summary: RoundSummary, outcomes: RoundOutcomes, wall_s: float) 
     rec["vanished_secagg"] = int(sum(counts.get(f"vanished:secagg.{k}", 0) for k in range(3)))
     rec["vanished_unmasking"] = int(counts.get("vanished:secagg.3", 0))
     rec["max_device_s"] = outcomes.max_device_s
+    # which local trainer ran each trained phone (vectorized service or plain PEFT)
+    rec["trainers"] = {
+        k.removeprefix("trainer:"): int(v)
+        for k, v in sorted(counts.items())
+        if k.startswith("trainer:")
+    }
     rec["round_s"] = float(sum(summary.timings.values()))
     rec["wall_s"] = wall_s
     rec["eval_loss"] = None

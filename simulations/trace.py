@@ -2,8 +2,11 @@
 
 Ray workers append ``round,partition,event,value`` lines (see
 :class:`fedlora.simulations.behaviour.PopulationHook`); events are ``trained`` (value: the
-simulated device seconds), ``not_allowed``, ``deadline`` (value: simulated seconds) and
-``vanished:<stage>``. The driver reads the file incrementally after each round and keeps
+simulated device seconds), ``not_allowed``, ``deadline`` (value: simulated seconds),
+``vanished:<stage>`` and ``trainer:<name>`` (which local trainer ran a phone's round:
+``vectorized`` or ``peft``; written by
+:class:`fedlora.simulations.vectorized_service.SimulatedRoundTrainer`). The driver reads
+the file incrementally after each round and keeps
 only per-round counters, and at the end the participation counts of the evaluation sample,
 so its memory does not grow with the number of phones.
 """

@@ -60,11 +60,16 @@ from fedlora.simulations.vectorized_stack import StackLayout, stack_adapters
 
 @dataclass(frozen=True)
 class PhoneJob:
-    """One phone's local round: its start adapter (at its rank), private data and config."""
+    """One phone's local round: its start adapter (at its rank), private data and config.
+
+    ``freeze_a`` trains B only (FFA-LoRA: PEFT's ``lora_A.requires_grad_(False)``): A gets
+    no gradient, no weight decay and does not count in the gradient-clipping norm.
+    """
 
     adapter: LoraAdapter
     data: TokenizedTexts
     config: TrainConfig
+    freeze_a: bool = False
 
 
 @dataclass(frozen=True)
@@ -193,6 +198,8 @@ class VectorizedLoraTrainer:
         ]
         losses = np.full((len(jobs), max(c.steps for c in cfgs)), np.nan)
         seen = np.zeros(len(jobs), dtype=np.int64)
+        frozen = self._frozen_mask(stack.layout, [j.freeze_a for j in jobs])
+        frozen_start = stack.flat.detach().clone() if frozen is not None else None
         was_training = self.model.training
         self.model.train()
         try:
@@ -208,11 +215,16 @@ class VectorizedLoraTrainer:
                     )
                     grad = stack.flat.grad
                     assert grad is not None
+                    if frozen is not None:  # a frozen A has no gradient (nor clip-norm share)
+                        grad.masked_fill_(frozen, 0.0)
                     clip_grad_norm_per_phone_(
                         grad,
                         [c.max_grad_norm if a else None for c, a in zip(cfgs, active, strict=True)],
                     )
                     opt.step(active)
+                    if frozen is not None and frozen_start is not None:
+                        with torch.no_grad():  # undo weight decay: a frozen A never moves
+                            stack.flat.copy_(torch.where(frozen, frozen_start, stack.flat))
                     stack.flat.grad = None
         finally:
             stack.state.factors = {}
@@ -228,6 +240,14 @@ class VectorizedLoraTrainer:
             )
             for k in range(len(jobs))
         ]
+
+    def _frozen_mask(self, layout: StackLayout, freeze_a: Sequence[bool]) -> torch.Tensor | None:
+        """``(K, N)`` bool: True at the A factors of phones that freeze A (None if none do)."""
+        if not any(freeze_a):
+            return None
+        a_cols = torch.from_numpy(layout.a_mask()).to(self.device)
+        rows = torch.tensor(list(freeze_a), dtype=torch.bool, device=self.device)
+        return rows[:, None] & a_cols[None, :]
 
     def _forward_backward(
         self, stack: PhoneStack, datas: list[TokenizedTexts], batches: dict[int, list[int]]

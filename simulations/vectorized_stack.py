@@ -85,6 +85,13 @@ class StackLayout:
             out.extend((s.a_size(self.r_max), s.b_size(self.r_max)))
         return out
 
+    def a_mask(self) -> np.ndarray:
+        """``(N,)`` bool: True where a row holds an ``A`` factor (every module, every slot)."""
+        mask = np.zeros(self.width, dtype=bool)
+        for s in self.slots:
+            mask[s.offset : s.offset + s.a_size(self.r_max)] = True
+        return mask
+
     def factor_views(self, flat: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Per module ``(A (K, r_max, d_in), B (K, d_out, r_max))`` views of ``flat (K, N)``.
 

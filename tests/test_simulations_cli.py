@@ -108,3 +108,12 @@ def test_smoke_run_improves_held_out_loss_over_the_base(smoke_run: Path) -> None
     assert triad["community"] < triad["base"], triad
     assert triad["per_round"]["2"] < triad["per_round"]["0"]
     assert triad["centralized"] < triad["base"] and triad["local_only"] < triad["base"]
+
+
+@pytest.mark.slow
+def test_smoke_run_phones_train_on_the_vectorized_service(smoke_run: Path) -> None:
+    """Vectorized phones are the default: every trained phone's reply says so."""
+    records = read_metrics(smoke_run / "metrics.jsonl")
+    assert all(r["trained"] > 0 and r["trainers"] == {"vectorized": r["trained"]} for r in records)
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    assert summary["trainers"] == {"vectorized": sum(r["trained"] for r in records)}

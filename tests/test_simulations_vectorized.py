@@ -314,3 +314,31 @@ def test_lora_dropout_trains_differently_but_never_touches_evaluation(
     job = PhoneJob(adapter, data, TrainConfig(steps=2))
     torch.manual_seed(0)
     assert max_diff(dropped.train([job])[0].adapter, plain.train([job])[0].adapter) > 1e-6
+
+
+def test_frozen_a_trains_b_only_like_peft_with_a_frozen(
+    base: torch.nn.Module, spec: BaseModelSpec
+) -> None:
+    """FFA-LoRA: A gets no gradient, no decay, no share of the clip norm — as in PEFT."""
+    jobs = [
+        PhoneJob(
+            make_adapter(spec, r, seed=50 + k),
+            make_data(500 + k, 9),
+            TrainConfig(steps=3, batch_size=4, weight_decay=0.1, seed=k, max_grad_norm=0.05),
+            freeze_a=freeze,
+        )
+        for k, (r, freeze) in enumerate(((4, True), (2, False), (8, True)))
+    ]
+    got = VectorizedLoraTrainer(base, chunk_size=3, spec=spec).train(jobs)
+    for job, res in zip(jobs, got, strict=True):
+        model = attach_adapter(copy.deepcopy(base), job.adapter, spec)
+        if job.freeze_a:
+            for n, p in model.named_parameters():
+                if "lora_A" in n:
+                    p.requires_grad_(False)
+        ref = train_lora(model, job.data, job.config)
+        trained = extract_adapter(model, base_fingerprint=FP)
+        assert_same(res, PhoneResult(trained, ref.steps, ref.examples_seen, ref.first_loss,
+                                     ref.last_loss), job.adapter)  # fmt: skip
+        same_a = all(np.array_equal(res.adapter.pairs[n].A, p.A) for n, p in job.adapter)
+        assert same_a == job.freeze_a

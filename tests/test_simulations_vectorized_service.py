@@ -1,0 +1,254 @@
+"""The vectorized-phones service: its batcher (no Ray), and phones' rounds through it equal to
+plain PEFT rounds (the session wiring: FFA, ranks, losses, fallback)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from test_client_support import (  # noqa: E402
+    PRIVATE_TEXTS,
+    community_adapter,
+    instructions,
+    phone_model_dir,
+)
+
+from fedlora.adapter import LoraAdapter  # noqa: E402
+from fedlora.client.memory_plan import TrainPlan  # noqa: E402
+from fedlora.client.model_loading import load_base  # noqa: E402
+from fedlora.client.session import PhoneOptions, PhoneSession, RoundOutcome  # noqa: E402
+from fedlora.config import FedloraSettings  # noqa: E402
+from fedlora.ranks import truncate_to_rank  # noqa: E402
+from fedlora.simulations.vectorized_batcher import (  # noqa: E402
+    Batcher,
+    ServiceCore,
+    VectorizedJob,
+    VectorizedLocalTrainer,
+    VectorizedOutcome,
+)
+
+
+# ---------------------------------------------------------------------------- batcher
+class Recorder:
+    def __init__(self, fail: bool = False) -> None:
+        self.batches: list[list[int]] = []
+        self.fail = fail
+
+    def __call__(self, jobs: list[int]) -> list[int]:
+        self.batches.append(list(jobs))
+        if self.fail:
+            raise ValueError("boom")
+        return [10 * j for j in jobs]
+
+
+async def _submit_all(batcher: Batcher[int, int], jobs: list[int], gap: float = 0.0) -> list[int]:
+    tasks = []
+    for j in jobs:
+        tasks.append(asyncio.ensure_future(batcher.submit(j)))
+        await asyncio.sleep(gap)
+    return list(await asyncio.gather(*tasks))
+
+
+def test_batcher_runs_one_batch_once_k_target_jobs_wait() -> None:
+    rec = Recorder()
+    batcher: Batcher[int, int] = Batcher(rec, k_target=4, linger_s=30.0)
+    t0 = time.perf_counter()
+    got = asyncio.run(_submit_all(batcher, [1, 2, 3, 4]))
+    assert time.perf_counter() - t0 < 5.0  # did not linger
+    assert got == [10, 20, 30, 40]
+    assert rec.batches == [[1, 2, 3, 4]]
+    assert batcher.stats.sizes == [4]
+
+
+def test_batcher_lingers_after_the_last_arrival_then_runs_what_came() -> None:
+    rec = Recorder()
+    batcher: Batcher[int, int] = Batcher(rec, k_target=8, linger_s=0.3)
+    t0 = time.perf_counter()
+    got = asyncio.run(_submit_all(batcher, [1, 2, 3], gap=0.1))
+    elapsed = time.perf_counter() - t0
+    assert got == [10, 20, 30]
+    assert rec.batches == [[1, 2, 3]]  # arrivals 0.1 s apart < linger: one batch
+    assert elapsed >= 0.3 + 0.2 - 0.05
+
+
+def test_batcher_collects_the_next_batch_while_one_runs() -> None:
+    def slow(jobs: list[int]) -> list[int]:
+        time.sleep(0.3)
+        return jobs
+
+    batcher: Batcher[int, int] = Batcher(slow, k_target=2, linger_s=0.05)
+
+    async def go() -> list[int]:
+        first = [asyncio.ensure_future(batcher.submit(j)) for j in (1, 2)]
+        await asyncio.sleep(0.1)  # batch [1, 2] is running
+        second = [asyncio.ensure_future(batcher.submit(j)) for j in (3, 4, 5)]
+        return list(await asyncio.gather(*first, *second))
+
+    assert asyncio.run(go()) == [1, 2, 3, 4, 5]
+    assert batcher.stats.sizes == [2, 3]
+
+
+def test_batcher_gives_every_caller_the_batch_error_and_keeps_working() -> None:
+    rec = Recorder(fail=True)
+    batcher: Batcher[int, int] = Batcher(rec, k_target=2, linger_s=0.05)
+
+    async def go() -> list[object]:
+        return list(
+            await asyncio.gather(batcher.submit(1), batcher.submit(2), return_exceptions=True)
+        )
+
+    got = asyncio.run(go())
+    assert all(isinstance(g, ValueError) for g in got)
+    rec.fail = False
+    assert asyncio.run(_submit_all(batcher, [5, 6])) == [50, 60]
+
+
+def test_batcher_refuses_bad_settings() -> None:
+    with pytest.raises(ValueError):
+        Batcher(Recorder(), k_target=0, linger_s=0.1)
+    with pytest.raises(ValueError):
+        Batcher(Recorder(), k_target=1, linger_s=-1)
+
+
+# ---------------------------------------------------------------------------- sessions
+@pytest.fixture(scope="module")
+def phone_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return phone_model_dir(tiny_model_dir, tmp_path_factory.mktemp("vectorized-service"))
+
+
+@pytest.fixture(scope="module")
+def settings(phone_dir: Path) -> FedloraSettings:
+    return FedloraSettings.model_validate({"model": {"base": str(phone_dir), "max_seq_len": 64}})
+
+
+@pytest.fixture(scope="module")
+def community(phone_dir: Path) -> LoraAdapter:
+    return community_adapter(phone_dir, 8, b_scale=0.01)
+
+
+class InProcessService:
+    """The Ray actor's work in-process: a batcher on its own event-loop thread."""
+
+    def __init__(self, settings: FedloraSettings, k_target: int) -> None:
+        base = load_base(settings.model.base, "none")  # its own copy, as the actor has
+        self.core = ServiceCore(base.model, base.spec, threads=1)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.batcher: Batcher[VectorizedJob, VectorizedOutcome] = Batcher(
+            self.core.run_batch, k_target=k_target, linger_s=2.0
+        )
+
+    def submit(self, job: VectorizedJob) -> VectorizedOutcome:
+        return asyncio.run_coroutine_threadsafe(self.batcher.submit(job), self.loop).result(120)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.batcher.close()
+
+
+@pytest.fixture
+def service(settings: FedloraSettings) -> Iterator[InProcessService]:
+    svc = InProcessService(settings, k_target=4)
+    yield svc
+    svc.close()
+
+
+PHONES = [  # (rank, rule, seed)
+    (8, "ffa", 1),
+    (4, "ffa", 2),
+    (2, "rank_fedavg", 3),
+    (4, "fedsa", 4),
+]
+
+
+def _round(
+    session: PhoneSession,
+    settings: FedloraSettings,
+    community: LoraAdapter,
+    phone: tuple[int, str, int],
+    options: PhoneOptions | None,
+) -> RoundOutcome:
+    rank, rule, seed = phone
+    view = truncate_to_rank(community, rank)
+    texts = PRIVATE_TEXTS[seed % 3 :]
+    instr = instructions(rank, rule=rule, seed=seed, local_steps=4, learning_rate=2e-2)
+    return session.run_round(
+        instr, view, texts, settings, heldout_texts=PRIVATE_TEXTS[:4], options=options
+    )
+
+
+def test_phones_through_the_service_equal_plain_peft_rounds(
+    settings: FedloraSettings, community: LoraAdapter, service: InProcessService
+) -> None:
+    session = PhoneSession()
+    vec = PhoneOptions(trainer=VectorizedLocalTrainer(service.submit))
+    with ThreadPoolExecutor(len(PHONES)) as pool:  # concurrent rounds meet in one batch
+        futures = [pool.submit(_round, session, settings, community, p, vec) for p in PHONES]
+        got = [f.result() for f in futures]
+    assert service.batcher.stats.sizes == [len(PHONES)]
+    for phone, out in zip(PHONES, got, strict=True):
+        ref = _round(session, settings, community, phone, None)
+        assert out.metrics["trainer"] == "vectorized" and ref.metrics["trainer"] == "peft"
+        assert out.metrics["vectorized_batch"] == len(PHONES)
+        assert out.report.status == ref.report.status == "trained"
+        assert out.report.steps == ref.report.steps == 4
+        assert out.report.loss_before == pytest.approx(ref.report.loss_before, abs=1e-5)
+        assert out.report.loss_after == pytest.approx(ref.report.loss_after, abs=1e-5)
+        assert out.report.loss_after < out.report.loss_before
+        assert out.metrics["train_loss_last"] == pytest.approx(
+            ref.metrics["train_loss_last"], abs=1e-5
+        )
+        assert out.metrics["layout_digest"] == ref.metrics["layout_digest"]
+        assert out.delta is not None and ref.delta is not None
+        assert out.delta.meta.ranks == ref.delta.meta.ranks
+        for name, p in ref.delta:
+            q = out.delta.pairs[name]
+            np.testing.assert_allclose(q.A, p.A, atol=1e-5)
+            np.testing.assert_allclose(q.B, p.B, atol=1e-5)
+        if phone[1] == "ffa":  # A frozen: only B moves
+            assert all(not np.any(p.A) for _, p in out.delta)
+        moved = "A" if phone[1] == "fedsa" else "B"  # FedSA keeps B on the phone
+        assert max(float(np.abs(getattr(p, moved)).max()) for _, p in out.delta) > 1e-4
+
+
+def test_rounds_the_service_cannot_run_fall_back_to_peft(
+    settings: FedloraSettings, community: LoraAdapter, service: InProcessService
+) -> None:
+    session = PhoneSession()
+    trainer = VectorizedLocalTrainer(service.submit)
+    mezo = PhoneOptions(trainer=trainer, force_plan=TrainPlan("mezo", 4, 4, 1, False))
+    out = _round(session, settings, community, (4, "ffa", 1), mezo)
+    assert out.report.status == "trained"
+    assert out.metrics["trainer"] == "peft"
+    assert out.metrics["trainer_fallback"] == "mezo plan"
+    timed = settings.model_copy(
+        update={"client": settings.client.model_copy(update={"round_deadline_s": 600.0})}
+    )
+    out = _round(session, timed, community, (4, "ffa", 1), PhoneOptions(trainer=trainer))
+    assert out.metrics["trainer"] == "peft"
+    assert "deadline" in str(out.metrics["trainer_fallback"])
+    assert service.batcher.stats.sizes == []
+
+
+def test_a_failing_service_leaves_the_round_on_peft(
+    settings: FedloraSettings, community: LoraAdapter
+) -> None:
+    def broken(job: VectorizedJob) -> VectorizedOutcome:
+        raise ConnectionError("service gone")
+
+    opts = PhoneOptions(trainer=VectorizedLocalTrainer(broken))
+    out = _round(PhoneSession(), settings, community, (4, "ffa", 1), opts)
+    assert out.report.status == "trained"
+    assert out.metrics["trainer"] == "peft"
+    assert "service gone" in str(out.metrics["trainer_fallback"])
