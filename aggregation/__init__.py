@@ -36,7 +36,16 @@ from .optimizers import (
 from .rank_fedavg import RankFedAvg
 from .ranked_sum import RankedSum
 from .redistribute import RankView, rank_view, redistribute
-from .registry import RULES, RuleInfo, make_aggregator, make_server_optimizer
+from .registry import (
+    RULES,
+    SUM_NOISE_MODES,
+    RuleInfo,
+    make_aggregator,
+    make_server_optimizer,
+    make_sum_aggregator,
+    needs_each_phone,
+    per_phone_privacy_problems,
+)
 from .server_round import (
     RoundResult,
     ServerStep,
@@ -47,6 +56,7 @@ from .server_round import (
 
 __all__ = [
     "RULES",
+    "SUM_NOISE_MODES",
     "Aggregate",
     "AggregationError",
     "AggregationSpec",
@@ -79,6 +89,9 @@ __all__ = [
     "initial_adapter",
     "make_aggregator",
     "make_server_optimizer",
+    "make_sum_aggregator",
+    "needs_each_phone",
+    "per_phone_privacy_problems",
     "personalize",
     "rank_view",
     "redistribute",

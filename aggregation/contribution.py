@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Literal
 
+import numpy as np
+
 from fedlora.adapter import AdapterMetadata, LoraAdapter, natural_key
 from fedlora.errors import AdapterValidationError
 from fedlora.layout import FlatLayout
@@ -109,6 +111,23 @@ class AggregationSpec:
     def factor_layout(self) -> FlatLayout:
         """The round's flat layout: every module's factors zero-padded to ``r_max``."""
         return FlatLayout.for_ranks(self.linear_shapes, {m: self.r_max for m in self.modules})
+
+    def rank_layout(self, rank: int) -> FlatLayout:
+        """The flat layout of one phone's own delta at ``rank`` (no padding): modules in
+        natural order, ``lora_A (rank, d_in)`` then ``lora_B (d_out, rank)``, row-major —
+        what a phone uploads for a rule that needs each phone's factors (FLoRA)."""
+        if rank not in self.ranks:
+            raise AggregationError(
+                f"rank {rank} is not one of the round's ranks {list(self.ranks)}"
+            )
+        return FlatLayout.for_ranks(self.linear_shapes, {m: rank for m in self.modules})
+
+    def delta_from_vector(self, vector: np.ndarray, rank: int) -> LoraAdapter:
+        """A phone's delta at ``rank`` from its :meth:`rank_layout` vector (float64)."""
+        layout = self.rank_layout(rank)
+        return layout.unflatten(
+            np.asarray(vector, dtype=np.float64), self.metadata(rank, kind="delta")
+        )
 
     def group_index(self, rank: int) -> int:
         """Index of ``rank`` among the rank groups (raises for an unknown rank)."""

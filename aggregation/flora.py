@@ -17,7 +17,9 @@ numerical rank.
 
 **Not linear**: a secure sum overlays all phones' factors in the same slots, and a stack
 needs them side by side — the very individual contributions secure aggregation hides. The
-rule refuses sums (:class:`~fedlora.aggregation.errors.NotLinearError`).
+rule refuses sums (:class:`~fedlora.aggregation.errors.NotLinearError`); in a federated round
+each phone uploads its own delta instead (secure aggregation off, noise ``none`` or
+``local``; docs/aggregation.md, "Rules that need each phone").
 """
 
 from __future__ import annotations

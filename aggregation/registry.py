@@ -58,6 +58,10 @@ RULES: Mapping[str, RuleInfo] = MappingProxyType(
 
 OPTIMIZERS: tuple[str, ...] = ("fedavg", "fedavgm", "fedadam", "fedyogi")
 
+#: Noise modes that add noise to the *sum* of the phones' vectors (on the server, or in
+#: shares that only reach their target variance once summed).
+SUM_NOISE_MODES: tuple[str, ...] = ("central", "distributed")
+
 
 def _rule_name(rule: str | AggregationSettings) -> str:
     name = rule.rule if isinstance(rule, AggregationSettings) else rule
@@ -66,6 +70,41 @@ def _rule_name(rule: str | AggregationSettings) -> str:
             [f"aggregation.rule: unknown rule {name!r}; allowed values: {', '.join(RULES)}"]
         )
     return name
+
+
+def needs_each_phone(rule: str | AggregationSettings) -> bool:
+    """Whether the rule aggregates each phone's update separately and runs on no sum at all
+    (``flora``): phones then upload their own delta and the server accumulates them one by
+    one (docs/aggregation.md, "Rules that need each phone")."""
+    return not RULES[_rule_name(rule)].linear_secure
+
+
+def per_phone_privacy_problems(
+    rule: str | AggregationSettings, *, secure_aggregation: bool, noise: str
+) -> list[str]:
+    """Why these privacy settings cannot run with ``rule`` (empty when they can).
+
+    A rule that needs each phone's update (:func:`needs_each_phone`) has no sum: secure
+    aggregation would hide exactly what it needs, and ``central`` / ``distributed`` noise
+    protect a sum that never exists. Only ``none`` and ``local`` noise apply.
+    """
+    name = _rule_name(rule)
+    if not needs_each_phone(name):
+        return []
+    problems: list[str] = []
+    if secure_aggregation:
+        problems.append(
+            f"privacy.secure_aggregation: rule {name!r} cannot run under secure aggregation "
+            f"(the server would only see a sum of the phones' vectors): {FLoRA.why_not_linear}"
+        )
+    if noise in SUM_NOISE_MODES:
+        problems.append(
+            f"privacy.noise: {noise!r} noise is added to the sum of the phones' vectors, but "
+            f"rule {name!r} aggregates each phone's own update and never forms a sum; use "
+            "noise 'local' (every phone fully privatizes its own upload) or 'none', or a rule "
+            "that runs on sums"
+        )
+    return problems
 
 
 def make_aggregator(
@@ -99,6 +138,23 @@ def make_aggregator(
     if name == "flexlora":
         return FlexLoRA(spec, starting_views, dense_upload=secure_aggregation)
     return FLoRA(spec, starting_views)
+
+
+def make_sum_aggregator(
+    rule: str | AggregationSettings,
+    spec: AggregationSpec,
+    *,
+    starting_views: Mapping[int, LoraAdapter] | None = None,
+    community: LoraAdapter | None = None,
+) -> Aggregator[Any]:
+    """The rule in the form a round that transports *sums* needs — its linear form
+    (``flexlora``: dense upload) whether the sum is secure or plain: phones encode for it and
+    the server reads the sum with it. Rules without a linear form (``flora``) refuse
+    (:class:`~fedlora.aggregation.errors.NotLinearError`): they travel per phone
+    (:func:`needs_each_phone`)."""
+    return make_aggregator(
+        rule, spec, secure_aggregation=True, starting_views=starting_views, community=community
+    )
 
 
 def make_server_optimizer(settings: AggregationSettings | str) -> ServerOptimizer:

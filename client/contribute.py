@@ -7,6 +7,14 @@ pipeline (clip → noise [→ quantize → distributed noise]) on that payload. 
 aggregation the integer payload is packed with its rank and weight as extra coordinates
 (:class:`~fedlora.privacy.secagg.ContributionLayout`), so the server only ever learns sums.
 
+Rules that need each phone's factors (FLoRA, :func:`~fedlora.aggregation.needs_each_phone`)
+run on no sum: the phone uploads its *own* delta at its own rank, flattened in
+:meth:`~fedlora.aggregation.AggregationSpec.rank_layout` (modules in natural order,
+``lora_A`` then ``lora_B``, row-major; no padding, no weight applied), after clipping and —
+in ``local`` mode — noise. Its weight travels in the :class:`~fedlora.protocol.PhoneReport`
+(its example count) and the server derives it exactly as :func:`contribution_weight` does.
+Secure aggregation and ``central`` / ``distributed`` noise protect a sum, so they are refused.
+
 Weights: under differential privacy every phone has weight 1 (an unbounded example count
 would make the sensitivity unbounded — DP-FedAvg's fixed-denominator estimator, McMahan et
 al. 2018); without noise the weight is the phone's number of training examples.
@@ -19,7 +27,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedlora.adapter import LoraAdapter
-from fedlora.aggregation import AggregationSpec, Contribution, make_aggregator
+from fedlora.aggregation import (
+    AggregationSpec,
+    Contribution,
+    make_sum_aggregator,
+    needs_each_phone,
+    per_phone_privacy_problems,
+)
 from fedlora.aggregation.linear import LinearAggregator
 from fedlora.errors import FedloraError
 from fedlora.privacy.dp import RoundContext
@@ -45,12 +59,7 @@ def contribution_weight(ctx: RoundContext, num_examples: int) -> float:
 def linear_rule(instr: RoundInstructions, community: LoraAdapter) -> LinearAggregator:
     """The round's aggregation rule as the phone must encode for it."""
     spec = AggregationSpec.from_adapter(community, instr.ranks)
-    rule = make_aggregator(
-        instr.rule,
-        spec,
-        secure_aggregation=instr.secure_aggregation,
-        starting_views={instr.rank: community},
-    )
+    rule = make_sum_aggregator(instr.rule, spec, starting_views={instr.rank: community})
     if not isinstance(rule, LinearAggregator):
         raise FedloraError(
             f"aggregation rule {instr.rule!r} is not linear: the phone cannot pre-encode its "
@@ -71,8 +80,10 @@ def prepare_contribution(
     """Encode and privatize one phone's delta for the round described by ``instr``/``ctx``."""
     if delta.meta.kind != "delta":
         raise FedloraError("only a LoRA delta (kind='delta') may enter the privacy pipeline")
-    rule = linear_rule(instr, community)
     weight = contribution_weight(ctx, num_examples)
+    if needs_each_phone(instr.rule):
+        return _prepare_own_delta(delta, community, instr, ctx, weight=weight, phone_id=phone_id)
+    rule = linear_rule(instr, community)
     encoded = rule.encode(Contribution(delta=delta, weight=weight, client_id=phone_id))
     payload, _local_metrics = pipeline_for_round(ctx.for_phone(phone_id)).postprocess_one_user(
         encoded.payload, ctx.for_phone(phone_id)
@@ -82,6 +93,32 @@ def prepare_contribution(
         layout = ContributionLayout(payload_len=int(payload.shape[0]), ranks=instr.ranks)
         packed = layout.pack(payload, rank=rank, weight=round(weight))
         return PreparedContribution(vector=packed, rank=rank, weight=weight, secure=True)
+    return PreparedContribution(
+        vector=np.asarray(payload, dtype=np.float32), rank=rank, weight=weight, secure=False
+    )
+
+
+def _prepare_own_delta(
+    delta: LoraAdapter,
+    community: LoraAdapter,
+    instr: RoundInstructions,
+    ctx: RoundContext,
+    *,
+    weight: float,
+    phone_id: str,
+) -> PreparedContribution:
+    """A per-phone rule's upload: the phone's own delta in ``rank_layout``, privatized."""
+    problems = per_phone_privacy_problems(
+        instr.rule, secure_aggregation=instr.secure_aggregation, noise=ctx.noise_mode
+    )
+    if problems:
+        raise FedloraError("; ".join(problems))
+    spec = AggregationSpec.from_adapter(community, instr.ranks)
+    rank = delta.max_rank
+    layout = spec.rank_layout(rank)
+    flat = layout.flatten(delta, dtype="float64")
+    phone_ctx = ctx.for_phone(phone_id)
+    payload, _local_metrics = pipeline_for_round(phone_ctx).postprocess_one_user(flat, phone_ctx)
     return PreparedContribution(
         vector=np.asarray(payload, dtype=np.float32), rank=rank, weight=weight, secure=False
     )

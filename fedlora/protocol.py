@@ -9,7 +9,9 @@ API carries a ``RecordDict``; we use:
 * ``fedlora.delta`` (ArrayRecord + ``.meta``): the phone's LoRA delta — only when secure
   aggregation is off;
 * ``fedlora.vector`` (ArrayRecord): the phone's privatized contribution vector — only when
-  secure aggregation is off (with it, the vector only ever leaves the phone masked);
+  secure aggregation is off (with it, the vector only ever leaves the phone masked); for a
+  rule that needs each phone (FLoRA) it is the phone's own delta in
+  ``AggregationSpec.rank_layout(report.rank)`` (docs/aggregation.md);
 * ``fedlora.report`` (ConfigRecord): :class:`PhoneReport`, phone → server.
 
 Adapters use :func:`fedlora.records.put_adapter` / ``get_adapter`` (``<name>`` and

@@ -11,6 +11,9 @@ One round, server side:
 5. sum the survivors' privatized vectors — through SecAgg+ when enabled, so only the sum is
    ever seen — and undo scaling/quantization with the pipeline's server half;
 6. aggregate with the configured rule, apply the server optimizer, make per-rank views;
+   a rule that needs each phone's factors (FLoRA) skips the sum instead: every phone's own
+   delta is validated, then accumulated one by one (secure aggregation off, noise ``none``
+   or ``local`` only — refused when the loop is built, :meth:`RoundLoop._aggregate_each`);
 7. commit: registry publication (blobs + signature + metrics + ledger) in one transaction.
 
 A round that cannot complete (too few survivors, a secure-aggregation abort, a bad sum)
@@ -36,16 +39,21 @@ from flwr.serverapp import Grid
 
 from fedlora.adapter import LoraAdapter
 from fedlora.aggregation import (
+    Aggregate,
     AggregationSpec,
+    Contribution,
     RankedSum,
     finish_round,
     make_aggregator,
     make_server_optimizer,
+    make_sum_aggregator,
+    needs_each_phone,
+    per_phone_privacy_problems,
 )
 from fedlora.aggregation.ffa import initial_adapter
 from fedlora.aggregation.linear import LinearAggregator
 from fedlora.config import FedloraSettings
-from fedlora.errors import FedloraError
+from fedlora.errors import ConfigError, FedloraError
 from fedlora.fingerprint import fingerprint_model_dir
 from fedlora.model_files import linear_shapes_from_dir
 from fedlora.privacy.dp import AdaptiveClipController, RoundContext, make_controller, make_ledger
@@ -131,6 +139,14 @@ class RoundLoop:
         progress: ProgressFn | None = None,
         node_wait_s: float = 60.0,
     ) -> None:
+        problems = per_phone_privacy_problems(
+            settings.aggregation,
+            secure_aggregation=settings.privacy.secure_aggregation,
+            noise=settings.privacy.noise,
+        )
+        if problems:  # before any run is begun or round started
+            raise ConfigError(problems)
+        self.per_phone = needs_each_phone(settings.aggregation)
         self.s = settings
         self.registry = registry
         self.base = base
@@ -262,10 +278,12 @@ class RoundLoop:
         # ---- train
         t1 = time.perf_counter()
         messages: list[Message] = []
+        sent_ranks: dict[int, int] = {}
         bytes_down = 0
         layout_digest = self.spec.factor_layout.digest()
         for node in sampled:
             rank = self.node_ranks.get(node, self.ranks[0])
+            sent_ranks[node] = rank
             instr = RoundInstructions(
                 round=rnd,
                 rank=rank,
@@ -310,29 +328,38 @@ class RoundLoop:
         trained = sorted(n for n, r in reports.items() if r.status == "trained")
         not_allowed = sum(1 for r in reports.values() if r.status == "not_allowed")
 
-        # ---- secure / plain sum
+        # ---- secure / plain sum, or (rules that need each phone) per-phone accumulation
         t2 = time.perf_counter()
+        ranked: RankedSum | None = None
+        aggregate: Aggregate | None = None
         try:
-            ranked, contributors = self._sum(grid, rnd, ctx, trained, vectors, reports)
+            if self.per_phone:
+                aggregate, contributors = self._aggregate_each(
+                    rnd, ctx, trained, vectors, reports, sent_ranks
+                )
+            else:
+                ranked, contributors = self._sum(grid, rnd, ctx, trained, vectors, reports)
         except (RoundAborted, SecAggError) as exc:
             return self._fail(rnd, str(exc), timings, sampled=sampled, reports=reports)
-        timings["secure_sum" if self.s.privacy.secure_aggregation else "sum"] = (
-            time.perf_counter() - t2
-        )
+        stage = "secure_sum" if self.s.privacy.secure_aggregation else "sum"
+        timings["accumulate" if self.per_phone else stage] = time.perf_counter() - t2
 
         # ---- aggregate + publish
         t3 = time.perf_counter()
         try:
-            rule = make_aggregator(
-                self.s.aggregation,
-                self.spec,
-                secure_aggregation=self.s.privacy.secure_aggregation,
-                starting_views=self.views,
-                community=self.community,
-            )
-            state = rule.accumulate_sum(rule.init_state(), ranked)
+            if aggregate is None:
+                if ranked is None:  # unreachable: the sum path always yields a sum
+                    raise RoundAborted("no sum and no per-phone aggregate to publish")
+                rule = make_sum_aggregator(
+                    self.s.aggregation,
+                    self.spec,
+                    starting_views=self.views,
+                    community=self.community,
+                )
+                state = rule.accumulate_sum(rule.init_state(), ranked)
+                aggregate = rule.finalize(state)
             result = finish_round(
-                self.community, rule.finalize(state), self.optimizer, self.opt_state, self.ranks
+                self.community, aggregate, self.optimizer, self.opt_state, self.ranks
             )
         except FedloraError as exc:
             return self._fail(
@@ -402,12 +429,8 @@ class RoundLoop:
 
     # ------------------------------------------------------------------ sums
     def _linear_rule(self) -> LinearAggregator:
-        rule = make_aggregator(
-            self.s.aggregation,
-            self.spec,
-            secure_aggregation=self.s.privacy.secure_aggregation,
-            starting_views=self.views,
-            community=self.community,
+        rule = make_sum_aggregator(
+            self.s.aggregation, self.spec, starting_views=self.views, community=self.community
         )
         if not isinstance(rule, LinearAggregator):
             raise RoundAborted(f"rule {self.s.aggregation.rule!r} cannot aggregate sums")
@@ -476,6 +499,79 @@ class RoundLoop:
             count=contributors,
         )
         return ranked, contributors
+
+    def _aggregate_each(
+        self,
+        rnd: int,
+        ctx: RoundContext,
+        trained: list[int],
+        vectors: dict[int, np.ndarray],
+        reports: dict[int, PhoneReport],
+        sent_ranks: dict[int, int],
+    ) -> tuple[Aggregate, int]:
+        """A rule that needs each phone's factors (FLoRA): no sum, one contribution a phone.
+
+        Every phone's vector is its own delta at its rank in ``spec.rank_layout(rank)``
+        (``client/contribute.py``), clipped and — in ``local`` mode — noised on the phone;
+        with adaptive clipping its last coordinate is the clip bit. All vectors are checked
+        first (rank one of the round's and the one the phone was sent, length for that rank,
+        finite values), so a bad phone aborts the round before anything is accumulated; the
+        weight mirrors :func:`fedlora.client.contribute.contribution_weight`.
+        """
+        min_clients = self.s.server.min_clients
+        usable = [n for n in trained if n in vectors]
+        contributors = len(usable)
+        if contributors < min_clients:
+            raise RoundAborted(
+                f"only {contributors} phones contributed, min_clients is {min_clients}"
+            )
+        extra = 1 if ctx.adaptive_clipping else 0
+        payloads: dict[int, np.ndarray] = {}
+        bits = 0.0
+        for n in usable:
+            rank = reports[n].rank
+            if rank not in self.ranks:
+                raise RoundAborted(f"phone {n} reports rank {rank}, not one of {self.ranks}")
+            if rank != sent_ranks.get(n):
+                raise RoundAborted(
+                    f"phone {n} reports rank {rank} but was sent the rank-{sent_ranks.get(n)} "
+                    "view: its delta cannot be stacked onto the view it trained from"
+                )
+            v = vectors[n]
+            expected = self.spec.rank_layout(rank).size + extra
+            if v.shape != (expected,):
+                raise RoundAborted(
+                    f"phone {n} sent a malformed vector {v.shape}: its own rank-{rank} delta "
+                    f"takes ({expected},)"
+                )
+            if not np.all(np.isfinite(v)):
+                raise RoundAborted(f"phone {n} sent a vector with non-finite values")
+            payloads[n] = v[: v.shape[0] - extra].astype(np.float64)
+            if extra:
+                bits += float(v[-1])
+        if extra:  # the clip-bit sum feeds adaptive clipping, as on the sum path
+            pipeline_for_round(ctx, self.controller).postprocess_server(
+                np.array([bits]), ctx.with_contributors(contributors)
+            )
+        try:
+            rule = make_aggregator(
+                self.s.aggregation,
+                self.spec,
+                secure_aggregation=False,
+                starting_views=self.views,
+                community=self.community,
+            )
+            state = rule.init_state()
+            for n in usable:
+                weight = 1.0 if ctx.noise_mode != "none" else float(reports[n].num_examples)
+                delta = self.spec.delta_from_vector(payloads[n], reports[n].rank)
+                state = rule.accumulate(
+                    state, Contribution(delta=delta, weight=weight, client_id=str(n))
+                )
+            aggregate = rule.finalize(state)
+        except FedloraError as exc:
+            raise RoundAborted(f"aggregation failed: {exc}") from exc
+        return aggregate, contributors
 
     def _plain_weights(
         self, nodes: Sequence[int], ctx: RoundContext, reports: dict[int, PhoneReport]

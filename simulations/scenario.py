@@ -23,6 +23,7 @@ from typing import Any, Literal
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fedlora.aggregation import per_phone_privacy_problems
 from fedlora.config import FedloraSettings, parse_override, settings_from_dict
 from fedlora.errors import ConfigError
 from fedlora.simulations.behaviour import BehaviourKnobs
@@ -149,6 +150,11 @@ def check_scenario(s: Scenario) -> None:
             f"aggregation.rule: {cfg.aggregation.rule!r} cannot run under secure aggregation; "
             f"allowed values: {', '.join(LINEAR_RULES)}"
         )
+    # central / distributed noise protect a sum, which a per-phone rule (flora) never forms
+    # (secure aggregation is reported just above)
+    problems += per_phone_privacy_problems(
+        cfg.aggregation, secure_aggregation=False, noise=cfg.privacy.noise
+    )
     if cfg.data.source != "synthetic":
         problems.append("data.source: simulations generate their phones' data ('synthetic')")
     if problems:
