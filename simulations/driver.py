@@ -250,7 +250,9 @@ def run_scenario(
     service = None
     if settings.simulation.vectorized:
         name = f"fedlora-vectorized-{uuid.uuid4().hex[:12]}"
-        service = ServiceSpec.for_run(settings, name, vectorized_k(settings))
+        k = vectorized_k(settings)
+        replicas = settings.simulation.vectorized_services or os.cpu_count() or 1
+        service = ServiceSpec.for_run(settings, name, k, replicas=replicas)
     trainer = SimulatedRoundTrainer(service, trace_path=str(paths.trace.resolve()))
     client_app = make_client_app(settings, trainer, conditions=hook)
     shown.phase("starting Ray and the phones (first round loads the model in each worker)…")

@@ -7,8 +7,11 @@ trained together if their calls meet in a shared place. That place is the
 driver, and actors created from its workers share the job's namespace), it loads the frozen
 base **once**, and batches the train jobs of the phones whose calls are waiting on it
 (:class:`~fedlora.simulations.vectorized_batcher.Batcher`: ``k_target`` pending, or a short
-linger after the last arrival), trains them in one batched pass with torch on every core,
-and answers each phone with its trained adapter, steps and losses before/after.
+linger after the last arrival), trains them in one batched pass, and answers each phone
+with its trained adapter, steps and losses before/after. With several CPUs the driver starts
+one single-threaded replica per CPU (``<name>-0``, ``<name>-1``, …) and a phone goes to the
+replica of its partition id: a small model's batched pass does not use a second thread, so
+one service alone would leave cores idle that plain PEFT phones keep busy.
 
 The phones themselves still run the deployment ClientApp and :class:`PhoneSession` —
 device policy, hygiene, FedSA, memory plan, delta, clipping, noise, quantization, SecAgg+
@@ -20,7 +23,7 @@ phone's actor. Which one ran is the reply's ``fedlora.phone_metrics`` ``trainer`
 
 For K calls to be waiting at once the driver gives each Flower actor ``cpus / K`` CPUs
 (K = ``simulation.vectorized_phones``, at most ``server.clients_per_round``): K actors,
-which do no heavy compute; ``k_target`` of the service is the same K.
+which do no heavy compute; ``k_target`` of each of the R replicas is ⌈K / R⌉.
 """
 
 from __future__ import annotations
@@ -61,16 +64,38 @@ class ServiceSpec:
     threads: int | None = None
     chunk_size: int = 32
     tokens_per_pass: int = 1024
+    replicas: int = 1
 
     @classmethod
-    def for_run(cls, settings: FedloraSettings, name: str, k_target: int) -> ServiceSpec:
+    def for_run(
+        cls, settings: FedloraSettings, name: str, k_target: int, replicas: int = 1
+    ) -> ServiceSpec:
+        """``replicas`` services, each single-threaded when there are several: the batched
+        pass of a small model does not scale to a second thread (measured: 6 phones x 10
+        steps, 1.9-2.0 s on 1 thread, 2.1 s on 2), so one service per core keeps every core
+        busy; each replica waits for its share of the K phones."""
+        replicas = max(1, min(replicas, k_target))
         return cls(
             name=name,
             model=settings.model,
             device=settings.client.device,
             lora_dropout=settings.lora.dropout,
-            k_target=k_target,
+            k_target=-(-k_target // replicas),
+            threads=1 if replicas > 1 else None,
+            replicas=replicas,
         )
+
+    def replica_names(self) -> list[str]:
+        """Ray actor names of the replicas (one name when there is one replica)."""
+        if self.replicas == 1:
+            return [self.name]
+        return [f"{self.name}-{i}" for i in range(self.replicas)]
+
+    def replica_for(self, partition_id: int) -> str:
+        """The replica a phone's round goes to: by partition id, so the phones sampled in a
+        round spread over the replicas (and a phone always uses the same one)."""
+        names = self.replica_names()
+        return names[partition_id % len(names)]
 
 
 class VectorizedService:
@@ -109,16 +134,18 @@ _HANDLES: dict[str, Any] = {}
 _HANDLES_LOCK = threading.Lock()
 
 
-def service_handle(spec: ServiceSpec) -> Any:
-    """The run's service actor (created by whichever phone asks first)."""
+def service_handle(spec: ServiceSpec, name: str | None = None) -> Any:
+    """The service actor ``name`` (default: the first replica), created by whichever phone
+    asks first."""
     import ray
 
+    name = name or spec.replica_names()[0]
     with _HANDLES_LOCK:
-        handle = _HANDLES.get(spec.name)
+        handle = _HANDLES.get(name)
         if handle is None:
             actor = ray.remote(VectorizedService)
             handle = actor.options(
-                name=spec.name,
+                name=name,
                 get_if_exists=True,
                 num_cpus=0,
                 max_concurrency=1000,
@@ -126,7 +153,7 @@ def service_handle(spec: ServiceSpec) -> Any:
                 # spinning made 2-thread batches ~10x slower than 1 thread (measured)
                 runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}},
             ).remote(spec)
-            _HANDLES[spec.name] = handle
+            _HANDLES[name] = handle
     return handle
 
 
@@ -141,7 +168,8 @@ def start_when_ray_is_up(spec: ServiceSpec, stop: threading.Event) -> threading.
         while not stop.is_set():
             if ray.is_initialized():
                 try:
-                    service_handle(spec)
+                    for name in spec.replica_names():
+                        service_handle(spec, name)
                 except Exception as exc:  # the phones will create it themselves
                     log.debug("could not pre-start the vectorized service: %s", exc)
                 return
@@ -152,10 +180,13 @@ def start_when_ray_is_up(spec: ServiceSpec, stop: threading.Event) -> threading.
     return thread
 
 
-def submit_to_service(spec: ServiceSpec, job: VectorizedJob) -> VectorizedOutcome:
+def submit_to_service(
+    spec: ServiceSpec, job: VectorizedJob, partition_id: int = 0
+) -> VectorizedOutcome:
     import ray
 
-    out: VectorizedOutcome = ray.get(service_handle(spec).train.remote(job))
+    handle = service_handle(spec, spec.replica_for(partition_id))
+    out: VectorizedOutcome = ray.get(handle.train.remote(job))
     return out
 
 
@@ -164,9 +195,10 @@ class _ServiceSubmit:
     """``submit`` of :class:`VectorizedLocalTrainer` for a Ray service (picklable)."""
 
     spec: ServiceSpec
+    partition_id: int = 0
 
     def __call__(self, job: VectorizedJob) -> VectorizedOutcome:
-        return submit_to_service(self.spec, job)
+        return submit_to_service(self.spec, job, self.partition_id)
 
 
 @dataclass(frozen=True)
@@ -192,16 +224,17 @@ class SimulatedRoundTrainer:
         from fedlora.client.session import PhoneOptions
         from fedlora.simulations.vectorized_batcher import VectorizedLocalTrainer
 
+        pid = int(context.node_config.get("partition-id", -1))
         options = None
         if self.spec is not None:
-            trainer = VectorizedLocalTrainer(_ServiceSubmit(self.spec), self.spec.lora_dropout)
+            submit = _ServiceSubmit(self.spec, max(pid, 0))
+            trainer = VectorizedLocalTrainer(submit, self.spec.lora_dropout)
             options = PhoneOptions(trainer=trainer)
         outcome = session_round(instr, community, data, settings, context, options)
         name = str(outcome.metrics.get("trainer", ""))
         published: dict[str, int | float | str] = {}
         if name:
             published["trainer"] = name
-            pid = int(context.node_config.get("partition-id", -1))
             append_trace(self.trace_path, instr.round, pid, f"trainer:{name}")
         if "trainer_fallback" in outcome.metrics:
             published["trainer_fallback"] = str(outcome.metrics["trainer_fallback"])

@@ -252,3 +252,21 @@ def test_a_failing_service_leaves_the_round_on_peft(
     assert out.report.status == "trained"
     assert out.metrics["trainer"] == "peft"
     assert "service gone" in str(out.metrics["trainer_fallback"])
+
+
+def test_service_replicas_split_k_and_spread_phones_by_partition() -> None:
+    from fedlora.config import load_settings
+    from fedlora.simulations.vectorized_service import ServiceSpec
+
+    s = load_settings(None, [])
+    one = ServiceSpec.for_run(s, "svc", 8)
+    assert one.replica_names() == ["svc"] and one.k_target == 8 and one.threads is None
+    assert one.replica_for(5) == "svc"
+
+    two = ServiceSpec.for_run(s, "svc", 7, replicas=2)
+    assert two.replica_names() == ["svc-0", "svc-1"]
+    assert two.k_target == 4 and two.threads == 1  # ⌈7 / 2⌉, one core each
+    assert [two.replica_for(p) for p in range(4)] == ["svc-0", "svc-1", "svc-0", "svc-1"]
+
+    capped = ServiceSpec.for_run(s, "svc", 2, replicas=16)  # never more replicas than K
+    assert capped.replicas == 2 and capped.k_target == 1
