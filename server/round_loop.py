@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -338,7 +338,9 @@ class RoundLoop:
                     rnd, ctx, trained, vectors, reports, sent_ranks
                 )
             else:
-                ranked, contributors = self._sum(grid, rnd, ctx, trained, vectors, reports)
+                ranked, contributors = self._sum(
+                    grid, rnd, ctx, trained, vectors, reports, sent_ranks
+                )
         except (RoundAborted, SecAggError) as exc:
             return self._fail(rnd, str(exc), timings, sampled=sampled, reports=reports)
         stage = "secure_sum" if self.s.privacy.secure_aggregation else "sum"
@@ -444,6 +446,7 @@ class RoundLoop:
         trained: list[int],
         vectors: dict[int, np.ndarray],
         reports: dict[int, PhoneReport],
+        sent_ranks: dict[int, int],
     ) -> tuple[RankedSum, int]:
         min_clients = self.s.server.min_clients
         rule = self._linear_rule()
@@ -490,7 +493,7 @@ class RoundLoop:
             payload = pipeline_for_round(ctx, self.controller).postprocess_server(
                 total_vec, ctx.with_contributors(contributors)
             )
-            weights = self._plain_weights(usable, ctx, reports)
+            weights = self._plain_weights(usable, ctx, reports, sent_ranks)
         ranked = RankedSum(
             layout_digest=rule.layout_digest,
             ranks=self.ranks,
@@ -529,14 +532,7 @@ class RoundLoop:
         payloads: dict[int, np.ndarray] = {}
         bits = 0.0
         for n in usable:
-            rank = reports[n].rank
-            if rank not in self.ranks:
-                raise RoundAborted(f"phone {n} reports rank {rank}, not one of {self.ranks}")
-            if rank != sent_ranks.get(n):
-                raise RoundAborted(
-                    f"phone {n} reports rank {rank} but was sent the rank-{sent_ranks.get(n)} "
-                    "view: its delta cannot be stacked onto the view it trained from"
-                )
+            rank = _contribution_rank(n, reports[n], sent_ranks, self.ranks)
             v = vectors[n]
             expected = self.spec.rank_layout(rank).size + extra
             if v.shape != (expected,):
@@ -564,7 +560,7 @@ class RoundLoop:
             state = rule.init_state()
             for n in usable:
                 weight = 1.0 if ctx.noise_mode != "none" else float(reports[n].num_examples)
-                delta = self.spec.delta_from_vector(payloads[n], reports[n].rank)
+                delta = self.spec.delta_from_vector(payloads[n], sent_ranks[n])
                 state = rule.accumulate(
                     state, Contribution(delta=delta, weight=weight, client_id=str(n))
                 )
@@ -574,20 +570,24 @@ class RoundLoop:
         return aggregate, contributors
 
     def _plain_weights(
-        self, nodes: Sequence[int], ctx: RoundContext, reports: dict[int, PhoneReport]
+        self,
+        nodes: Sequence[int],
+        ctx: RoundContext,
+        reports: dict[int, PhoneReport],
+        sent_ranks: dict[int, int],
     ) -> np.ndarray:
         """Per-rank-group weight totals of the phones whose vectors were summed.
 
-        Mirrors :func:`fedlora.client.contribute.contribution_weight`: 1 per phone under DP,
-        its example count otherwise.
+        A phone's contribution is encoded at the rank of the view it was sent (a phone that
+        backed off to a lower rank to fit its memory zero-pads its delta back and reports the
+        rank it trained). Mirrors :func:`fedlora.client.contribute.contribution_weight`: 1 per
+        phone under DP, its example count otherwise.
         """
         weights = np.zeros(len(self.ranks), dtype=np.float64)
         for n in nodes:
-            rep = reports[n]
-            if rep.rank not in self.ranks:
-                raise RoundAborted(f"phone {n} reports rank {rep.rank}, not one of {self.ranks}")
-            w = 1.0 if ctx.noise_mode != "none" else float(rep.num_examples)
-            weights[self.ranks.index(rep.rank)] += w
+            rank = _contribution_rank(n, reports[n], sent_ranks, self.ranks)
+            w = 1.0 if ctx.noise_mode != "none" else float(reports[n].num_examples)
+            weights[self.ranks.index(rank)] += w
         return weights
 
     def _fail(
@@ -613,3 +613,20 @@ class RoundLoop:
             dropouts=sum(1 for n in sampled if n not in reports),
             timings=timings,
         )
+
+
+def _contribution_rank(
+    node: int, report: PhoneReport, sent_ranks: Mapping[int, int], ranks: Sequence[int]
+) -> int:
+    """The rank a phone's upload is encoded at: that of the view it was sent. Its report says
+    the rank it trained, which may be lower (memory back-off, delta zero-padded back), never
+    higher; anything else is refused (RoundAborted)."""
+    sent = sent_ranks.get(node)
+    if sent is None or sent not in ranks:
+        raise RoundAborted(f"phone {node} replied but was sent no view of this round's ranks")
+    if not 1 <= report.rank <= sent:
+        raise RoundAborted(
+            f"phone {node} reports rank {report.rank} but was sent the rank-{sent} view: "
+            "a phone trains at most the rank it was sent"
+        )
+    return sent

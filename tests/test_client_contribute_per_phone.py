@@ -174,8 +174,8 @@ def test_server_accumulates_valid_per_phone_uploads(flora_loop: RoundLoop) -> No
     [
         ("short", r"malformed vector .* own rank-\d+ delta takes"),
         ("nan", "non-finite values"),
-        ("rank", "not one of"),
-        ("other_rank", "was sent the rank-"),
+        ("rank", "trains at most the rank it was sent"),
+        ("other_rank", r"malformed vector .* own rank-\d+ delta takes"),
     ],
 )
 def test_server_refuses_a_bad_upload_before_accumulating(
@@ -190,9 +190,21 @@ def test_server_refuses_a_bad_upload_before_accumulating(
         vectors[2][3] = np.nan
     elif spoil == "rank":
         reports[2] = replace(reports[2], rank=r_hi + 1)
-    else:  # claims the rank-lo layout, but trained from the rank-hi view
+    else:  # a rank-lo upload from a phone sent the rank-hi view (uploads are at the sent rank)
         reports[2] = replace(reports[2], rank=r_lo)
         vectors[2] = vectors[1].copy()
     ctx = RoundContext(round=1, clip_norm=1.0, num_sampled=2)
     with pytest.raises(RoundAborted, match=message):
         flora_loop._aggregate_each(1, ctx, [1, 2], vectors, reports, ranks)
+
+
+def test_server_takes_a_backed_off_phone_at_the_rank_it_was_sent(flora_loop: RoundLoop) -> None:
+    """A phone that trained a lower rank to fit its memory zero-pads its delta back to the
+    view's rank and reports the rank it trained: accepted, at the rank it was sent."""
+    r_lo, r_hi = flora_loop.ranks[0], flora_loop.ranks[-1]
+    ranks = {1: r_lo, 2: r_hi, 3: r_hi}
+    vectors, reports = uploads(flora_loop, ranks)
+    reports[3] = replace(reports[3], rank=r_lo)  # trained r_lo, upload at r_hi
+    ctx = RoundContext(round=1, clip_norm=1.0, num_sampled=3)
+    agg, count = flora_loop._aggregate_each(1, ctx, [1, 2, 3], vectors, reports, ranks)
+    assert count == 3 and agg.total_weight == 15.0
