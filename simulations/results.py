@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fedlora.simulations.metrics import read_metrics
-from fedlora.simulations.report import fmt, mib, triad_rows
+from fedlora.simulations.report import ROUND_COLUMNS, fmt, mib, triad_rows
 
 PLOT_ORDER = ("loss", "triad", "epsilon", "participation", "bytes", "timings")
 
@@ -127,19 +127,7 @@ def render(
         "## Rounds",
         "",
     ]
-    cols = [
-        ("round", "round"),
-        ("status", "status"),
-        ("sampled", "sampled"),
-        ("contributors", "in sum"),
-        ("not_allowed", "not allowed"),
-        ("deadline", "deadline"),
-        ("vanished_train", "vanished (train)"),
-        ("vanished_secagg", "vanished (SecAgg)"),
-        ("epsilon", "ε"),
-        ("community_loss", "loss (phones)"),
-        ("eval_loss", "loss (eval sample)"),
-    ]
+    cols = [c for c in ROUND_COLUMNS if c[0] != "round_s"]  # the report's, without timings
     s.append(_md_table([h for _, h in cols], [[r.get(k) for k, _ in cols] for r in records]))
     if images:
         s += ["", "## Plots", ""]

@@ -19,7 +19,7 @@ from fedlora.aggregation import (
     finish_round,
     make_server_optimizer,
 )
-from fedlora.client.app import RoundOutcome, make_client_app
+from fedlora.client.app import RoundOutcome, RoundTrainer, make_client_app
 from fedlora.client.round_training import train_round
 from fedlora.config import FedloraSettings, load_settings
 from fedlora.data.federated import ClientData
@@ -122,14 +122,8 @@ def flora_settings(tmp_path: Path, *extra: str) -> FedloraSettings:
     )
 
 
-@pytest.mark.slow
-def test_flora_publishes_the_stack_of_the_phones_own_deltas(
-    default_model_dir: Path, tmp_path: Path
-) -> None:
-    # clip norm far above any delta, no noise: each upload is the phone's delta itself
-    s = flora_settings(tmp_path, "server.rounds=1", "privacy.clip_norm=1e6")
-    loop = make_loop(s, tmp_path, default_model_dir)
-    deltas: dict[int, tuple[LoraAdapter, int]] = {}
+def recording_trainer(deltas: dict[int, tuple[LoraAdapter, int]]) -> RoundTrainer:
+    """The deployment trainer, recording each phone's delta and example count by node id."""
 
     def trainer(
         instr: RoundInstructions,
@@ -142,6 +136,19 @@ def test_flora_publishes_the_stack_of_the_phones_own_deltas(
         assert out.delta is not None
         deltas[int(context.node_id)] = (out.delta, out.report.num_examples)
         return out
+
+    return trainer
+
+
+@pytest.mark.slow
+def test_flora_publishes_the_stack_of_the_phones_own_deltas(
+    default_model_dir: Path, tmp_path: Path
+) -> None:
+    # clip norm far above any delta, no noise: each upload is the phone's delta itself
+    s = flora_settings(tmp_path, "server.rounds=1", "privacy.clip_norm=1e6")
+    loop = make_loop(s, tmp_path, default_model_dir)
+    deltas: dict[int, tuple[LoraAdapter, int]] = {}
+    trainer = recording_trainer(deltas)
 
     sent: dict[int, tuple[np.ndarray, PhoneReport]] = {}
 
@@ -225,18 +232,7 @@ def test_flexlora_without_secure_aggregation_uses_its_linear_dense_form(
     )
     loop = make_loop(s, tmp_path, default_model_dir)
     deltas: dict[int, tuple[LoraAdapter, int]] = {}
-
-    def trainer(
-        instr: RoundInstructions,
-        community: LoraAdapter,
-        data: ClientData,
-        settings: FedloraSettings,
-        context: Context,
-    ) -> RoundOutcome:
-        out = train_round(instr, community, data, settings, context)
-        assert out.delta is not None
-        deltas[int(context.node_id)] = (out.delta, out.report.num_examples)
-        return out
+    trainer = recording_trainer(deltas)
 
     grid = LocalGrid(make_client_app(s, trainer), {i: {"partition-id": i} for i in range(5)})
     community_before, views_before = loop.community, loop.views
