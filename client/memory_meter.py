@@ -28,8 +28,10 @@ import ctypes.util
 import threading
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch only for accelerators: CPU metering stays import-light
+    import torch
 
 MB = 1024 * 1024
 _STATUS = Path("/proc/self/status")
@@ -116,7 +118,7 @@ class PeakMemoryMeter:
     """
 
     def __init__(self, device: torch.device | str = "cpu", interval_s: float = 0.002) -> None:
-        self.device = torch.device(device)
+        self.device_type = (device if isinstance(device, str) else device.type).split(":")[0]
         self.interval_s = interval_s
         self.baseline_bytes = 0
         self.peak_bytes = 0
@@ -138,7 +140,9 @@ class PeakMemoryMeter:
             self.peak_bytes = max(self.peak_bytes, current_rss_bytes())
 
     def __enter__(self) -> PeakMemoryMeter:
-        if self.device.type != "cpu":
+        if self.device_type != "cpu":
+            import torch
+
             acc = torch.accelerator
             acc.synchronize()
             acc.reset_peak_memory_stats()
@@ -161,7 +165,9 @@ class PeakMemoryMeter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self.device.type != "cpu":
+        if self.device_type != "cpu":
+            import torch
+
             acc = torch.accelerator
             acc.synchronize()
             self.device_peak_bytes = int(acc.max_memory_allocated())

@@ -31,6 +31,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from fedlora.adapter import BaseModelSpec
 from fedlora.base_model import resolve_model
 from fedlora.client.backends import Backend, compute_dtype, dtype_name, resolve_backend
+from fedlora.client.base_facts import BaseFacts
 from fedlora.client.peft_bridge import linear_shapes
 from fedlora.errors import FedloraError
 from fedlora.fingerprint import fingerprint_model_dir
@@ -70,6 +71,17 @@ class LoadedBase:
     @property
     def weight_bytes(self) -> int:
         return model_weight_bytes(self.model)
+
+    @property
+    def facts(self) -> BaseFacts:
+        """Tokenizer and identity of this base (what a round needs besides the weights)."""
+        return BaseFacts(
+            tokenizer=self.tokenizer,
+            fingerprint=self.fingerprint,
+            backend=self.backend.name if self.backend is not None else "cpu",
+            dtype=self.dtype_name,
+            quantization=self.quantization + ("+dq" if self.double_quant else ""),
+        )
 
 
 def load_tokenizer(directory: Path) -> Any:

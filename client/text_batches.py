@@ -1,6 +1,7 @@
 """Private text → token batches for causal-LM training and evaluation.
 
-Each example becomes ``<s> text </s>``, truncated to ``max_len`` tokens; a batch is padded on
+Each example becomes ``<s> text </s>``, truncated to ``max_len`` tokens
+(:mod:`fedlora.client.tokens`); a batch is padded on
 the right and padding positions get label -100 so they never enter the loss. Batching is
 deterministic given the seed, so a resumed run sees the same batches in the same order.
 """
@@ -8,41 +9,15 @@ deterministic given the seed, so a resumed run sees the same batches in the same
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
+# the token types live in the torch-free tokens.py; re-exported for the training code
+from fedlora.client.tokens import TokenizedTexts as TokenizedTexts
+from fedlora.client.tokens import tokenize_texts as tokenize_texts
+
 IGNORE_INDEX = -100
-
-
-@dataclass(frozen=True)
-class TokenizedTexts:
-    """Token id lists of a set of examples (no padding yet)."""
-
-    ids: tuple[tuple[int, ...], ...]
-    pad_id: int
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(len(x) for x in self.ids)
-
-
-def tokenize_texts(tokenizer: Any, texts: Sequence[str], max_len: int) -> TokenizedTexts:
-    if not texts:
-        raise ValueError("no texts to tokenize: the phone has no usable examples")
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    rows: list[tuple[int, ...]] = []
-    for enc in encoded:
-        seq = ([bos] if bos is not None else []) + list(enc) + ([eos] if eos is not None else [])
-        rows.append(tuple(seq[:max_len]))
-    return TokenizedTexts(ids=tuple(rows), pad_id=int(pad))
 
 
 def collate(tok: TokenizedTexts, indices: Sequence[int]) -> dict[str, torch.Tensor]:

@@ -25,9 +25,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -41,42 +39,12 @@ from fedlora.client.text_batches import (
     summed_token_loss,
     to_device,
 )
+from fedlora.client.train_config import TrainConfig as TrainConfig
+from fedlora.client.train_config import TrainResult as TrainResult
+from fedlora.client.train_config import TrainStatus as TrainStatus
 from fedlora.client.train_state import TrainState, load_state, save_state
 
-TrainStatus = Literal["completed", "deadline"]
 Batch = dict[str, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    steps: int
-    batch_size: int = 8
-    micro_batch_size: int | None = None
-    learning_rate: float = 3e-3
-    weight_decay: float = 0.0
-    seed: int = 0
-    max_grad_norm: float | None = 1.0
-    gradient_checkpointing: bool = False
-    cooling_every: int = 0
-    cooling_seconds: float = 0.0
-    deadline_s: float | None = None
-    checkpoint_every: int = 0
-    checkpoint_path: Path | None = None
-    run_key: str = ""
-    method: Literal["backprop", "mezo"] = "backprop"
-    mezo_eps: float = 1e-3
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    steps: int
-    examples_seen: int
-    first_loss: float
-    last_loss: float
-    seconds: float
-    status: TrainStatus = "completed"
-    resumed_from: int = 0
-    losses: tuple[float, ...] = ()
 
 
 def steps_for_epochs(num_examples: int, batch_size: int, epochs: float) -> int:

@@ -14,11 +14,9 @@ actor) holds the base once and this module's pieces:
 * :class:`ServiceCore` — what a batch does: each phone's loss on its evaluation rows before
   training, the batched training, the loss after — the same numbers a phone's
   attach → evaluate → train → evaluate → extract gives on PEFT (to float tolerance).
-* :class:`VectorizedLocalTrainer` — the phone side: a
-  :class:`~fedlora.client.session.LocalTrainer` for :class:`~fedlora.client.session.PhoneSession`
-  that ships a round's job to ``submit`` (the Ray service, or a core in-process in tests)
-  and says which rounds it cannot run (MeZO, a wall-clock deadline, cooling pauses,
-  resumable checkpoints, another LoRA dropout): those stay on plain PEFT.
+
+The phone side — the jobs and :class:`~fedlora.simulations.vectorized_jobs.VectorizedLocalTrainer`
+— is :mod:`fedlora.simulations.vectorized_jobs`, which does not import torch.
 """
 
 from __future__ import annotations
@@ -29,46 +27,20 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Generic, TypeVar
 
 import torch
 
-from fedlora.adapter import BaseModelSpec, LoraAdapter
-from fedlora.client.session import LocalTrainingJob, LocalTrainingResult
-from fedlora.client.text_batches import TokenizedTexts
-from fedlora.client.trainer import TrainConfig, TrainResult
+from fedlora.adapter import BaseModelSpec
+from fedlora.client.base_facts import BaseFacts
+from fedlora.client.model_loading import LoadedBase
+from fedlora.client.tokens import PortableTokenizer
 from fedlora.simulations.vectorized import PhoneJob, VectorizedLoraTrainer
+from fedlora.simulations.vectorized_jobs import VectorizedJob, VectorizedOutcome
 
 J = TypeVar("J")
 R = TypeVar("R")
-
-
-@dataclass(frozen=True)
-class VectorizedJob:
-    """One phone's round as it travels to the service (picklable: numpy and tuples)."""
-
-    adapter: LoraAdapter
-    train: TokenizedTexts
-    eval: TokenizedTexts
-    config: TrainConfig
-    freeze_a: bool = False
-
-
-@dataclass(frozen=True)
-class VectorizedOutcome:
-    """The service's answer for one phone: the trained adapter (at the start's ranks, start's
-    metadata), training numbers, evaluation loss before/after, and the batch it was in."""
-
-    adapter: LoraAdapter
-    steps: int
-    examples_seen: int
-    first_loss: float
-    last_loss: float
-    loss_before: float
-    loss_after: float
-    batch_phones: int
-    batch_seconds: float
 
 
 @dataclass
@@ -162,6 +134,14 @@ class Batcher(Generic[J, R]):
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
+def portable_facts(base: LoadedBase) -> BaseFacts | None:
+    """The base as phones need to know it, in a form they can use without torch: its facts
+    with the tokenizer as a :class:`~fedlora.client.tokens.PortableTokenizer` (None for a
+    slow tokenizer: phones then load the base themselves)."""
+    tokenizer = PortableTokenizer.of(base.tokenizer)
+    return None if tokenizer is None else replace(base.facts, tokenizer=tokenizer)
+
+
 class ServiceCore:
     """One frozen base + a :class:`VectorizedLoraTrainer`; :meth:`run_batch` is a batch.
 
@@ -213,48 +193,3 @@ class ServiceCore:
             )
             for r, b, a in zip(results, before, after, strict=True)
         ]
-
-
-@dataclass(frozen=True)
-class VectorizedLocalTrainer:
-    """The phone side: a :class:`~fedlora.client.session.LocalTrainer` that ships the round to
-    ``submit`` (blocking until its batch is done)."""
-
-    submit: Callable[[VectorizedJob], VectorizedOutcome]
-    lora_dropout: float = 0.0
-    name: str = "vectorized"
-
-    def unsupported(self, job: LocalTrainingJob) -> str | None:
-        cfg = job.config
-        if cfg.method != "backprop":
-            return f"{cfg.method} plan"
-        if cfg.deadline_s is not None:
-            return "wall-clock round deadline"
-        if cfg.cooling_every:
-            return "cooling pauses"
-        if cfg.checkpoint_every:
-            return "resumable training state"
-        if job.lora_dropout != self.lora_dropout:
-            return f"lora dropout {job.lora_dropout} != service's {self.lora_dropout}"
-        return None
-
-    def run(self, job: LocalTrainingJob) -> LocalTrainingResult:
-        t0 = time.perf_counter()
-        out = self.submit(VectorizedJob(job.start, job.train, job.eval, job.config, job.freeze_a))
-        result = TrainResult(
-            steps=out.steps,
-            examples_seen=out.examples_seen,
-            first_loss=out.first_loss,
-            last_loss=out.last_loss,
-            seconds=out.batch_seconds,
-        )
-        return LocalTrainingResult(
-            adapter=out.adapter,
-            result=result,
-            loss_before=out.loss_before,
-            loss_after=out.loss_after,
-            metrics={
-                "vectorized_batch": out.batch_phones,
-                "vectorized_wait_s": max(0.0, time.perf_counter() - t0 - out.batch_seconds),
-            },
-        )

@@ -16,7 +16,7 @@ one service alone would leave cores idle that plain PEFT phones keep busy.
 The phones themselves still run the deployment ClientApp and :class:`PhoneSession` —
 device policy, hygiene, FedSA, memory plan, delta, clipping, noise, quantization, SecAgg+
 — only attach → evaluate → train → evaluate → extract is replaced
-(:class:`~fedlora.simulations.vectorized_batcher.VectorizedLocalTrainer`); rounds the
+(:class:`~fedlora.simulations.vectorized_jobs.VectorizedLocalTrainer`); rounds the
 service cannot run (MeZO, wall-clock deadline, cooling, resumable state) stay on PEFT in the
 phone's actor. Which one ran is the reply's ``fedlora.phone_metrics`` ``trainer`` and a
 ``trainer:<name>`` line of the run's trace (counted per round in ``metrics.jsonl``).
@@ -38,12 +38,14 @@ from flwr.app import Context
 
 from fedlora.adapter import LoraAdapter
 from fedlora.client.app import RoundOutcome
+from fedlora.client.base_facts import BaseFacts
 from fedlora.config import FedloraSettings, ModelSettings
 from fedlora.data.federated import ClientData
 from fedlora.protocol import RoundInstructions
+from fedlora.simulations.vectorized_jobs import VectorizedJob, VectorizedOutcome
 
-if TYPE_CHECKING:  # torch is imported on first use: the ClientApp loads before any training
-    from fedlora.simulations.vectorized_batcher import Batcher, VectorizedJob, VectorizedOutcome
+if TYPE_CHECKING:  # torch only in the service's process, never in a phone's
+    from fedlora.simulations.vectorized_batcher import Batcher
 
 log = logging.getLogger(__name__)
 
@@ -103,13 +105,14 @@ class VectorizedService:
 
     def __init__(self, spec: ServiceSpec) -> None:
         from fedlora.client.session import PhoneSession
-        from fedlora.simulations.vectorized_batcher import Batcher, ServiceCore
+        from fedlora.simulations.vectorized_batcher import Batcher, ServiceCore, portable_facts
 
         threads = spec.threads or os.cpu_count() or 1
         import torch
 
         torch.set_num_threads(threads)
         base = PhoneSession.base_for(spec.model, spec.device)
+        self.facts = portable_facts(base)
         self.core = ServiceCore(
             base.model,
             base.spec,
@@ -124,6 +127,10 @@ class VectorizedService:
 
     async def train(self, job: VectorizedJob) -> VectorizedOutcome:
         return await self.batcher.submit(job)
+
+    async def describe(self) -> BaseFacts | None:
+        """The base's tokenizer and identity for the phones (see ``portable_facts``)."""
+        return self.facts
 
     async def stats(self) -> dict[str, Any]:
         s = self.batcher.stats
@@ -190,6 +197,36 @@ def submit_to_service(
     return out
 
 
+_FACTS: dict[str, BaseFacts | None] = {}
+"""Explicit cache: each service's answer to ``describe``, asked once per phone process."""
+
+
+def describe_service(spec: ServiceSpec) -> BaseFacts | None:
+    """The service's base facts (one Ray call per process and run, then cached)."""
+    import ray
+
+    with _HANDLES_LOCK:
+        if spec.name in _FACTS:
+            return _FACTS[spec.name]
+    facts: BaseFacts | None = ray.get(service_handle(spec).describe.remote())
+    with _HANDLES_LOCK:
+        _FACTS[spec.name] = facts
+    return facts
+
+
+@dataclass(frozen=True)
+class _ServiceDescribe:
+    """``describe`` of :class:`VectorizedLocalTrainer` for a Ray service (picklable): the
+    service's base facts when the phone's settings name the service's base and device."""
+
+    spec: ServiceSpec
+
+    def __call__(self, model: ModelSettings, device: str) -> BaseFacts | None:
+        if model != self.spec.model or device != self.spec.device:
+            return None
+        return describe_service(self.spec)
+
+
 @dataclass(frozen=True)
 class _ServiceSubmit:
     """``submit`` of :class:`VectorizedLocalTrainer` for a Ray service (picklable)."""
@@ -222,13 +259,14 @@ class SimulatedRoundTrainer:
     ) -> RoundOutcome:
         from fedlora.client.round_training import session_round
         from fedlora.client.session import PhoneOptions
-        from fedlora.simulations.vectorized_batcher import VectorizedLocalTrainer
+        from fedlora.simulations.vectorized_jobs import VectorizedLocalTrainer
 
         pid = int(context.node_config.get("partition-id", -1))
         options = None
         if self.spec is not None:
             submit = _ServiceSubmit(self.spec, max(pid, 0))
-            trainer = VectorizedLocalTrainer(submit, self.spec.lora_dropout)
+            describe = _ServiceDescribe(self.spec)
+            trainer = VectorizedLocalTrainer(submit, self.spec.lora_dropout, describe=describe)
             options = PhoneOptions(trainer=trainer)
         outcome = session_round(instr, community, data, settings, context, options)
         name = str(outcome.metrics.get("trainer", ""))

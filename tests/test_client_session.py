@@ -293,7 +293,7 @@ def test_interrupted_round_resumes_from_the_phone_state_dir(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import fedlora.client.session as session_mod
+    import fedlora.client.peft_round as peft_round_mod
 
     s = settings.model_copy(
         update={"client": settings.client.model_copy(update={"checkpoint_every": 2,
@@ -305,7 +305,7 @@ def test_interrupted_round_resumes_from_the_phone_state_dir(
     class Killed(Exception):
         pass
 
-    real = session_mod.train_lora
+    real = peft_round_mod.train_lora
 
     def dies_after_step_3(model, data, cfg, on_step=None, **kw):  # type: ignore[no-untyped-def]
         def hook(step: int, loss: float) -> None:
@@ -314,11 +314,11 @@ def test_interrupted_round_resumes_from_the_phone_state_dir(
 
         return real(model, data, cfg, on_step=hook, **kw)
 
-    monkeypatch.setattr(session_mod, "train_lora", dies_after_step_3)
+    monkeypatch.setattr(peft_round_mod, "train_lora", dies_after_step_3)
     with pytest.raises(Killed):
         PhoneSession().run_round(instr, community, PRIVATE_TEXTS, s, state_dir=tmp_path)
     assert (tmp_path / "train_state.pt").exists() and (tmp_path / "round_plan.json").exists()
-    monkeypatch.setattr(session_mod, "train_lora", real)
+    monkeypatch.setattr(peft_round_mod, "train_lora", real)
     resumed = PhoneSession().run_round(instr, community, PRIVATE_TEXTS, s, state_dir=tmp_path)
     assert resumed.metrics["resumed_from_step"] == 2
     assert resumed.report.steps == 6

@@ -31,6 +31,9 @@ from fedlora.ranks import truncate_to_rank  # noqa: E402
 from fedlora.simulations.vectorized_batcher import (  # noqa: E402
     Batcher,
     ServiceCore,
+    portable_facts,
+)
+from fedlora.simulations.vectorized_jobs import (  # noqa: E402
     VectorizedJob,
     VectorizedLocalTrainer,
     VectorizedOutcome,
@@ -141,6 +144,7 @@ class InProcessService:
     def __init__(self, settings: FedloraSettings, k_target: int) -> None:
         base = load_base(settings.model.base, "none")  # its own copy, as the actor has
         self.core = ServiceCore(base.model, base.spec, threads=1)
+        self.facts = portable_facts(base)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -222,11 +226,97 @@ def test_phones_through_the_service_equal_plain_peft_rounds(
         assert max(float(np.abs(getattr(p, moved)).max()) for _, p in out.delta) > 1e-4
 
 
-def test_rounds_the_service_cannot_run_fall_back_to_peft(
+PHONE_PROCESS = """
+import sys
+from multiprocessing.connection import Client
+
+conn = Client(("127.0.0.1", int(sys.argv[1])), authkey=sys.argv[2].encode())
+instr, view, texts, heldout, settings = conn.recv()
+from fedlora.client.session import PhoneOptions, PhoneSession
+from fedlora.simulations.vectorized_jobs import VectorizedLocalTrainer
+
+
+def ask(kind, payload):
+    conn.send((kind, payload))
+    return conn.recv()
+
+
+trainer = VectorizedLocalTrainer(
+    lambda job: ask("train", job), describe=lambda model, device: ask("describe", None)
+)
+out = PhoneSession().run_round(
+    instr, view, texts, settings, heldout_texts=heldout, options=PhoneOptions(trainer=trainer)
+)
+loaded = sorted(m for m in ("torch", "transformers", "peft") if m in sys.modules)
+conn.send(("done", (out, loaded)))
+"""
+
+
+def test_a_phone_process_whose_round_the_service_trains_never_loads_torch(
     settings: FedloraSettings, community: LoraAdapter, service: InProcessService
 ) -> None:
+    """The simulated phone's side in a process of its own (as a Flower actor): it tokenizes
+    with the service's portable tokenizer, plans, ships the job, builds the delta and the
+    report — equal to the plain PEFT round — and never imports torch, transformers or peft."""
+    import secrets
+    import subprocess
+    import sys
+    from multiprocessing.connection import Listener
+
+    rank, rule, seed = PHONES[2]
+    view = truncate_to_rank(community, rank)
+    instr = instructions(rank, rule=rule, seed=seed, local_steps=4, learning_rate=2e-2)
+    texts = PRIVATE_TEXTS[seed % 3 :]
+    key = secrets.token_hex(16)
+    with Listener(("127.0.0.1", 0), authkey=key.encode()) as listener:
+        port = listener.address[1]
+        child = subprocess.Popen(
+            [sys.executable, "-c", PHONE_PROCESS, str(port), key],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            with listener.accept() as conn:
+                conn.send((instr, view, texts, PRIVATE_TEXTS[:4], settings))
+                while True:
+                    kind, payload = conn.recv()
+                    if kind == "describe":
+                        conn.send(service.facts)
+                    elif kind == "train":
+                        conn.send(service.submit(payload))
+                    else:
+                        out, loaded = payload
+                        break
+        finally:
+            _, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err[-2000:]
+    assert loaded == []
+    assert out.metrics["trainer"] == "vectorized" and out.report.status == "trained"
+    ref = _round(PhoneSession(), settings, community, PHONES[2], None)
+    assert (out.report.backend, out.report.dtype, out.report.quantization) == (
+        ref.report.backend,
+        ref.report.dtype,
+        ref.report.quantization,
+    )
+    assert out.report.loss_after == pytest.approx(ref.report.loss_after, abs=1e-5)
+    assert out.metrics["layout_digest"] == ref.metrics["layout_digest"]
+    assert out.delta is not None and ref.delta is not None
+    for name, p in ref.delta:
+        np.testing.assert_allclose(out.delta.pairs[name].B, p.B, atol=1e-5)
+        np.testing.assert_allclose(out.delta.pairs[name].A, p.A, atol=1e-5)
+
+
+@pytest.mark.parametrize("described", [False, True], ids=["phone-loads-base", "service-base"])
+def test_rounds_the_service_cannot_run_fall_back_to_peft(
+    settings: FedloraSettings, community: LoraAdapter, service: InProcessService, described: bool
+) -> None:
+    """Also when the phone prepared the round from the service's facts (no local base yet):
+    the fallback loads the phone's own base then."""
     session = PhoneSession()
-    trainer = VectorizedLocalTrainer(service.submit)
+    PhoneSession.clear_cache()
+    describe = (lambda model, device: service.facts) if described else None
+    trainer = VectorizedLocalTrainer(service.submit, describe=describe)
     mezo = PhoneOptions(trainer=trainer, force_plan=TrainPlan("mezo", 4, 4, 1, False))
     out = _round(session, settings, community, (4, "ffa", 1), mezo)
     assert out.report.status == "trained"
@@ -270,3 +360,17 @@ def test_service_replicas_split_k_and_spread_phones_by_partition() -> None:
 
     capped = ServiceSpec.for_run(s, "svc", 2, replicas=16)  # never more replicas than K
     assert capped.replicas == 2 and capped.k_target == 1
+
+
+def test_a_memory_budget_is_verified_on_the_phones_own_base_then_the_service_trains(
+    settings: FedloraSettings, community: LoraAdapter, service: InProcessService
+) -> None:
+    budgeted = settings.model_copy(
+        update={"client": settings.client.model_copy(update={"memory_budget_mb": 64_000})}
+    )
+    trainer = VectorizedLocalTrainer(service.submit, describe=lambda model, device: service.facts)
+    out = _round(PhoneSession(), budgeted, community, PHONES[1], PhoneOptions(trainer=trainer))
+    assert out.report.status == "trained"
+    assert out.metrics["trainer"] == "vectorized"
+    assert out.metrics["memory_budget_mb"] == 64_000.0
+    assert out.metrics["plan"] and out.metrics["backoffs"] == 0
