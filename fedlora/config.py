@@ -152,12 +152,12 @@ class SimulationSettings(Section):
         description="vectorized mode: phones trained at once (K); each Ray actor gets "
         "cpus / K CPUs so that K phones' calls can wait on the service together",
     )
-    vectorized_services: int = Field(
+    vectorized_workers: int = Field(
         0,
         ge=0,
         le=1024,
-        description="vectorized mode: service replicas, each single-threaded when there are "
-        "several (0: one per CPU of this machine)",
+        description="vectorized mode: worker processes that train the service's batches, each "
+        "single-threaded when there are several (0: one per CPU of this machine)",
     )
     ray_address: str | None = None
     num_cpus_per_client: float = Field(

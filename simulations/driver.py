@@ -47,6 +47,7 @@ from typing import Any
 from fedlora.config import FedloraSettings
 from fedlora.errors import ConfigError
 from fedlora.simulations.behaviour import PopulationHook
+from fedlora.simulations.engine_threads import engine_threads
 from fedlora.simulations.metrics import MetricsFile, round_record
 from fedlora.simulations.population import describe, profile_for, run_rank
 from fedlora.simulations.progress import Display, NullDisplay
@@ -251,8 +252,8 @@ def run_scenario(
     if settings.simulation.vectorized:
         name = f"fedlora-vectorized-{uuid.uuid4().hex[:12]}"
         k = vectorized_k(settings)
-        replicas = settings.simulation.vectorized_services or os.cpu_count() or 1
-        service = ServiceSpec.for_run(settings, name, k, replicas=replicas)
+        workers = settings.simulation.vectorized_workers or os.cpu_count() or 1
+        service = ServiceSpec.for_run(settings, name, k, workers=workers)
     trainer = SimulatedRoundTrainer(service, trace_path=str(paths.trace.resolve()))
     client_app = make_client_app(settings, trainer, conditions=hook)
     shown.phase("starting Ray and the phones (first round loads the model in each worker)…")
@@ -261,7 +262,7 @@ def run_scenario(
     stop_starter = threading.Event()
     if service is not None:
         start_when_ray_is_up(service, stop_starter)
-    with TreeMemorySampler() as memory:
+    with TreeMemorySampler() as memory, engine_threads():
         try:
             run_simulation(
                 server_app,

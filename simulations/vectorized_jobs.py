@@ -9,7 +9,7 @@ plain, picklable data), :class:`VectorizedOutcome` (the service's answer) and
 those stay on plain PEFT) and, given ``describe``, hands the session the service's tokenizer
 and base identity (:class:`~fedlora.client.base_facts.BaseFacts`), so that a phone's process
 imports none of torch, transformers or peft. The service's side, which does need torch, is
-:mod:`fedlora.simulations.vectorized_batcher`.
+:mod:`fedlora.simulations.vectorized_core`.
 """
 
 from __future__ import annotations

@@ -1,29 +1,31 @@
-"""Vectorized phones inside ``fedlora simulate``: one Ray actor trains concurrent phones at once.
+"""Vectorized phones inside ``fedlora simulate``: a Ray service trains concurrent phones at once.
 
 Flower's Ray backend runs one ClientApp call per actor at a time, so K phones can only be
 trained together if their calls meet in a shared place. That place is the
-:class:`VectorizedService` Ray actor: created lazily by the first phone that needs it
-(``.options(name=..., get_if_exists=True, num_cpus=0)`` — Flower initialised Ray in the
-driver, and actors created from its workers share the job's namespace), it loads the frozen
-base **once**, and batches the train jobs of the phones whose calls are waiting on it
-(:class:`~fedlora.simulations.vectorized_batcher.Batcher`: ``k_target`` pending, or a short
-linger after the last arrival), trains them in one batched pass, and answers each phone
-with its trained adapter, steps and losses before/after. With several CPUs the driver starts
-one single-threaded replica per CPU (``<name>-0``, ``<name>-1``, …) and a phone goes to the
-replica of its partition id: a small model's batched pass does not use a second thread, so
-one service alone would leave cores idle that plain PEFT phones keep busy.
+:class:`VectorizedService` Ray actor (async, torch-free), created by the driver as soon as
+Flower has started Ray (or by the first phone that needs it:
+``.options(name=..., get_if_exists=True, num_cpus=0)``; actors created from Flower's workers
+share the job's namespace). It keeps one queue of the phones whose calls wait on it
+(:class:`~fedlora.simulations.vectorized_queue.Batcher`) and hands batches to its
+:class:`VectorizedWorker` actors — one per CPU, single-threaded (a small model's batched pass
+does not use a second thread; measured: 6 phones x 10 steps, 1.9-2.0 s on 1 thread, 2.1 s
+on 2), each holding the frozen base once — whichever is free. Each phone gets its trained
+adapter, steps and losses before/after back.
 
 The phones themselves still run the deployment ClientApp and :class:`PhoneSession` —
 device policy, hygiene, FedSA, memory plan, delta, clipping, noise, quantization, SecAgg+
 — only attach → evaluate → train → evaluate → extract is replaced
-(:class:`~fedlora.simulations.vectorized_jobs.VectorizedLocalTrainer`); rounds the
-service cannot run (MeZO, wall-clock deadline, cooling, resumable state) stay on PEFT in the
-phone's actor. Which one ran is the reply's ``fedlora.phone_metrics`` ``trainer`` and a
+(:class:`~fedlora.simulations.vectorized_jobs.VectorizedLocalTrainer`), and the phone
+tokenizes with the service's tokenizer (:meth:`VectorizedService.describe`), so a phone's
+process never imports torch; rounds the service cannot run (MeZO, wall-clock deadline,
+cooling, resumable state) stay on PEFT in the phone's actor, which then loads the base.
+Which one ran is the reply's ``fedlora.phone_metrics`` ``trainer`` and a
 ``trainer:<name>`` line of the run's trace (counted per round in ``metrics.jsonl``).
 
 For K calls to be waiting at once the driver gives each Flower actor ``cpus / K`` CPUs
-(K = ``simulation.vectorized_phones``, at most ``server.clients_per_round``): K actors,
-which do no heavy compute; ``k_target`` of each of the R replicas is ⌈K / R⌉.
+(K = ``simulation.vectorized_phones``, at most ``server.clients_per_round``): K light
+actors; a batch goes to a worker when its share ⌈K / workers⌉ waits, when all K phones
+have arrived, or 0.3 s after the last arrival.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flwr.app import Context
 
@@ -43,74 +45,69 @@ from fedlora.config import FedloraSettings, ModelSettings
 from fedlora.data.federated import ClientData
 from fedlora.protocol import RoundInstructions
 from fedlora.simulations.vectorized_jobs import VectorizedJob, VectorizedOutcome
-
-if TYPE_CHECKING:  # torch only in the service's process, never in a phone's
-    from fedlora.simulations.vectorized_batcher import Batcher
+from fedlora.simulations.vectorized_queue import Batcher, Runner
 
 log = logging.getLogger(__name__)
 
 LINGER_S = 0.3
-"""Seconds the service waits after the last arrival before training fewer than k_target."""
+"""Seconds the service waits after the last arrival before training a short batch."""
+
+WORKER_ENV = {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}
+"""Idle OpenMP threads sleep instead of spinning: on a shared, busy machine spinning made
+2-thread batches ~10x slower than 1 thread (measured)."""
 
 
 @dataclass(frozen=True)
 class ServiceSpec:
-    """What the service needs to start (picklable; built by the driver)."""
+    """What the service needs to start (picklable; built by the driver).
+
+    ``k``: phones whose calls can wait at once (the Flower actors); ``workers``: worker
+    actors (each single-threaded when there are several); a batch's target size is
+    ``⌈k / workers⌉``.
+    """
 
     name: str
     model: ModelSettings
     device: str
     lora_dropout: float
-    k_target: int
+    k: int
+    workers: int = 1
     linger_s: float = LINGER_S
-    threads: int | None = None
     chunk_size: int = 32
     tokens_per_pass: int = 1024
-    replicas: int = 1
 
     @classmethod
-    def for_run(
-        cls, settings: FedloraSettings, name: str, k_target: int, replicas: int = 1
-    ) -> ServiceSpec:
-        """``replicas`` services, each single-threaded when there are several: the batched
-        pass of a small model does not scale to a second thread (measured: 6 phones x 10
-        steps, 1.9-2.0 s on 1 thread, 2.1 s on 2), so one service per core keeps every core
-        busy; each replica waits for its share of the K phones."""
-        replicas = max(1, min(replicas, k_target))
+    def for_run(cls, settings: FedloraSettings, name: str, k: int, workers: int = 1) -> ServiceSpec:
+        """At most ``k`` workers (more could never all be busy)."""
         return cls(
             name=name,
             model=settings.model,
             device=settings.client.device,
             lora_dropout=settings.lora.dropout,
-            k_target=-(-k_target // replicas),
-            threads=1 if replicas > 1 else None,
-            replicas=replicas,
+            k=k,
+            workers=max(1, min(workers, k)),
         )
 
-    def replica_names(self) -> list[str]:
-        """Ray actor names of the replicas (one name when there is one replica)."""
-        if self.replicas == 1:
-            return [self.name]
-        return [f"{self.name}-{i}" for i in range(self.replicas)]
+    @property
+    def batch_target(self) -> int:
+        return -(-self.k // self.workers)
 
-    def replica_for(self, partition_id: int) -> str:
-        """The replica a phone's round goes to: by partition id, so the phones sampled in a
-        round spread over the replicas (and a phone always uses the same one)."""
-        names = self.replica_names()
-        return names[partition_id % len(names)]
+    @property
+    def worker_threads(self) -> int:
+        """torch threads per worker: 1 when there are several, else every core."""
+        return 1 if self.workers > 1 else os.cpu_count() or 1
 
 
-class VectorizedService:
-    """The Ray actor's class (async: many phones' ``train`` calls wait in it at once)."""
+class VectorizedWorker:
+    """A Ray actor that holds the frozen base and runs batches (the service's workers)."""
 
     def __init__(self, spec: ServiceSpec) -> None:
-        from fedlora.client.session import PhoneSession
-        from fedlora.simulations.vectorized_batcher import Batcher, ServiceCore, portable_facts
-
-        threads = spec.threads or os.cpu_count() or 1
         import torch
 
-        torch.set_num_threads(threads)
+        from fedlora.client.session import PhoneSession
+        from fedlora.simulations.vectorized_core import ServiceCore, portable_facts
+
+        torch.set_num_threads(spec.worker_threads)
         base = PhoneSession.base_for(spec.model, spec.device)
         self.facts = portable_facts(base)
         self.core = ServiceCore(
@@ -119,18 +116,52 @@ class VectorizedService:
             chunk_size=spec.chunk_size,
             tokens_per_pass=spec.tokens_per_pass,
             lora_dropout=spec.lora_dropout,
-            threads=threads,
+            threads=spec.worker_threads,
         )
+
+    def run_batch(self, jobs: list[VectorizedJob]) -> list[VectorizedOutcome]:
+        return self.core.run_batch(jobs)
+
+    def describe(self) -> BaseFacts | None:
+        return self.facts
+
+
+def _remote_runner(worker: Any) -> Runner[VectorizedJob, VectorizedOutcome]:
+    """A batch runner that calls a :class:`VectorizedWorker` actor."""
+
+    async def run(jobs: list[VectorizedJob]) -> list[VectorizedOutcome]:
+        out: list[VectorizedOutcome] = await worker.run_batch.remote(jobs)
+        return out
+
+    return run
+
+
+class VectorizedService:
+    """The Ray actor phones call (async: many phones' ``train`` calls wait in it at once;
+    torch-free: it only queues, dispatches and forwards)."""
+
+    def __init__(self, spec: ServiceSpec) -> None:
+        import ray
+
+        worker = ray.remote(VectorizedWorker).options(num_cpus=0, runtime_env=WORKER_ENV)
+        self.workers = [worker.remote(spec) for _ in range(spec.workers)]
         self.batcher: Batcher[VectorizedJob, VectorizedOutcome] = Batcher(
-            self.core.run_batch, k_target=spec.k_target, linger_s=spec.linger_s
+            [_remote_runner(w) for w in self.workers],
+            batch_target=spec.batch_target,
+            linger_s=spec.linger_s,
+            expected=spec.k,
         )
+        self._facts: Any = None
 
     async def train(self, job: VectorizedJob) -> VectorizedOutcome:
         return await self.batcher.submit(job)
 
     async def describe(self) -> BaseFacts | None:
         """The base's tokenizer and identity for the phones (see ``portable_facts``)."""
-        return self.facts
+        if self._facts is None:
+            self._facts = self.workers[0].describe.remote()
+        facts: BaseFacts | None = await self._facts
+        return facts
 
     async def stats(self) -> dict[str, Any]:
         s = self.batcher.stats
@@ -141,33 +172,25 @@ _HANDLES: dict[str, Any] = {}
 _HANDLES_LOCK = threading.Lock()
 
 
-def service_handle(spec: ServiceSpec, name: str | None = None) -> Any:
-    """The service actor ``name`` (default: the first replica), created by whichever phone
-    asks first."""
+def service_handle(spec: ServiceSpec) -> Any:
+    """The service actor, created by whichever process asks first (driver or phone)."""
     import ray
 
-    name = name or spec.replica_names()[0]
     with _HANDLES_LOCK:
-        handle = _HANDLES.get(name)
+        handle = _HANDLES.get(spec.name)
         if handle is None:
             actor = ray.remote(VectorizedService)
             handle = actor.options(
-                name=name,
-                get_if_exists=True,
-                num_cpus=0,
-                max_concurrency=1000,
-                # idle OpenMP threads sleep instead of spinning: on a shared, busy machine
-                # spinning made 2-thread batches ~10x slower than 1 thread (measured)
-                runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}},
+                name=spec.name, get_if_exists=True, num_cpus=0, max_concurrency=1000
             ).remote(spec)
-            _HANDLES[name] = handle
+            _HANDLES[spec.name] = handle
     return handle
 
 
 def start_when_ray_is_up(spec: ServiceSpec, stop: threading.Event) -> threading.Thread:
     """Create the service as soon as Flower has initialised Ray in this (driver) process, so
-    that its start (a process, torch, the base) overlaps the phones' actors starting instead
-    of delaying round 1's training. Phones find it by name; without it they create it."""
+    that its workers' start (a process, torch, the base) overlaps the phones' actors starting
+    instead of delaying round 1's training. Phones find it by name; without it they create it."""
 
     def run() -> None:
         import ray
@@ -175,8 +198,7 @@ def start_when_ray_is_up(spec: ServiceSpec, stop: threading.Event) -> threading.
         while not stop.is_set():
             if ray.is_initialized():
                 try:
-                    for name in spec.replica_names():
-                        service_handle(spec, name)
+                    service_handle(spec)
                 except Exception as exc:  # the phones will create it themselves
                     log.debug("could not pre-start the vectorized service: %s", exc)
                 return
@@ -185,16 +207,6 @@ def start_when_ray_is_up(spec: ServiceSpec, stop: threading.Event) -> threading.
     thread = threading.Thread(target=run, name="vectorized-service-start", daemon=True)
     thread.start()
     return thread
-
-
-def submit_to_service(
-    spec: ServiceSpec, job: VectorizedJob, partition_id: int = 0
-) -> VectorizedOutcome:
-    import ray
-
-    handle = service_handle(spec, spec.replica_for(partition_id))
-    out: VectorizedOutcome = ray.get(handle.train.remote(job))
-    return out
 
 
 _FACTS: dict[str, BaseFacts | None] = {}
@@ -232,10 +244,12 @@ class _ServiceSubmit:
     """``submit`` of :class:`VectorizedLocalTrainer` for a Ray service (picklable)."""
 
     spec: ServiceSpec
-    partition_id: int = 0
 
     def __call__(self, job: VectorizedJob) -> VectorizedOutcome:
-        return submit_to_service(self.spec, job, self.partition_id)
+        import ray
+
+        out: VectorizedOutcome = ray.get(service_handle(self.spec).train.remote(job))
+        return out
 
 
 @dataclass(frozen=True)
@@ -264,7 +278,7 @@ class SimulatedRoundTrainer:
         pid = int(context.node_config.get("partition-id", -1))
         options = None
         if self.spec is not None:
-            submit = _ServiceSubmit(self.spec, max(pid, 0))
+            submit = _ServiceSubmit(self.spec)
             describe = _ServiceDescribe(self.spec)
             trainer = VectorizedLocalTrainer(submit, self.spec.lora_dropout, describe=describe)
             options = PhoneOptions(trainer=trainer)

@@ -28,26 +28,27 @@ from fedlora.client.model_loading import load_base  # noqa: E402
 from fedlora.client.session import PhoneOptions, PhoneSession, RoundOutcome  # noqa: E402
 from fedlora.config import FedloraSettings  # noqa: E402
 from fedlora.ranks import truncate_to_rank  # noqa: E402
-from fedlora.simulations.vectorized_batcher import (  # noqa: E402
-    Batcher,
-    ServiceCore,
-    portable_facts,
-)
+from fedlora.simulations.vectorized_core import ServiceCore, portable_facts  # noqa: E402
 from fedlora.simulations.vectorized_jobs import (  # noqa: E402
     VectorizedJob,
     VectorizedLocalTrainer,
     VectorizedOutcome,
 )
+from fedlora.simulations.vectorized_queue import Batcher, threaded_runner  # noqa: E402
 
 
 # ---------------------------------------------------------------------------- batcher
 class Recorder:
-    def __init__(self, fail: bool = False) -> None:
+    """A runner that records its batches (optionally slow, optionally failing)."""
+
+    def __init__(self, fail: bool = False, seconds: float = 0.0) -> None:
         self.batches: list[list[int]] = []
         self.fail = fail
+        self.seconds = seconds
 
-    def __call__(self, jobs: list[int]) -> list[int]:
+    async def __call__(self, jobs: list[int]) -> list[int]:
         self.batches.append(list(jobs))
+        await asyncio.sleep(self.seconds)
         if self.fail:
             raise ValueError("boom")
         return [10 * j for j in jobs]
@@ -61,9 +62,9 @@ async def _submit_all(batcher: Batcher[int, int], jobs: list[int], gap: float = 
     return list(await asyncio.gather(*tasks))
 
 
-def test_batcher_runs_one_batch_once_k_target_jobs_wait() -> None:
+def test_batcher_runs_one_batch_once_its_target_waits() -> None:
     rec = Recorder()
-    batcher: Batcher[int, int] = Batcher(rec, k_target=4, linger_s=30.0)
+    batcher: Batcher[int, int] = Batcher([rec], batch_target=4, linger_s=30.0)
     t0 = time.perf_counter()
     got = asyncio.run(_submit_all(batcher, [1, 2, 3, 4]))
     assert time.perf_counter() - t0 < 5.0  # did not linger
@@ -74,7 +75,7 @@ def test_batcher_runs_one_batch_once_k_target_jobs_wait() -> None:
 
 def test_batcher_lingers_after_the_last_arrival_then_runs_what_came() -> None:
     rec = Recorder()
-    batcher: Batcher[int, int] = Batcher(rec, k_target=8, linger_s=0.3)
+    batcher: Batcher[int, int] = Batcher([rec], batch_target=8, linger_s=0.3)
     t0 = time.perf_counter()
     got = asyncio.run(_submit_all(batcher, [1, 2, 3], gap=0.1))
     elapsed = time.perf_counter() - t0
@@ -83,12 +84,43 @@ def test_batcher_lingers_after_the_last_arrival_then_runs_what_came() -> None:
     assert elapsed >= 0.3 + 0.2 - 0.05
 
 
-def test_batcher_collects_the_next_batch_while_one_runs() -> None:
-    def slow(jobs: list[int]) -> list[int]:
-        time.sleep(0.3)
-        return jobs
+def test_batcher_does_not_linger_once_every_phone_in_flight_has_arrived() -> None:
+    """expected = 3 callers can wait at once: when all 3 are there nobody else can come."""
+    rec = Recorder()
+    batcher: Batcher[int, int] = Batcher([rec], batch_target=8, linger_s=30.0, expected=3)
+    t0 = time.perf_counter()
+    assert asyncio.run(_submit_all(batcher, [1, 2, 3])) == [10, 20, 30]
+    assert time.perf_counter() - t0 < 5.0
+    assert rec.batches == [[1, 2, 3]]
 
-    batcher: Batcher[int, int] = Batcher(slow, k_target=2, linger_s=0.05)
+
+def test_batcher_splits_one_queue_evenly_over_free_runners() -> None:
+    """Two runners, K = 8: two batches of 4, running at the same time (one queue, not one
+    per runner: the split does not depend on which phones came)."""
+    a, b = Recorder(seconds=0.3), Recorder(seconds=0.3)
+    batcher: Batcher[int, int] = Batcher([a, b], batch_target=4, linger_s=30.0, expected=8)
+    t0 = time.perf_counter()
+    got = asyncio.run(_submit_all(batcher, list(range(8))))
+    assert got == [10 * j for j in range(8)]
+    assert time.perf_counter() - t0 < 0.55  # the two batches overlapped
+    assert sorted(map(sorted, a.batches + b.batches)) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    # a short wave (5 of 8 came, then nothing): target 4 goes at once, the rest after linger
+    c = Recorder()
+    short: Batcher[int, int] = Batcher([c], batch_target=4, linger_s=0.2, expected=8)
+    assert asyncio.run(_submit_all(short, [1, 2, 3, 4, 5])) == [10, 20, 30, 40, 50]
+    assert c.batches == [[1, 2, 3, 4], [5]]
+
+
+def test_batcher_shares_what_waits_over_free_runners_when_all_arrived() -> None:
+    a, b = Recorder(), Recorder()
+    batcher: Batcher[int, int] = Batcher([a, b], batch_target=4, linger_s=30.0, expected=3)
+    assert asyncio.run(_submit_all(batcher, [1, 2, 3])) == [10, 20, 30]
+    assert sorted(len(x) for x in a.batches + b.batches) == [1, 2]
+
+
+def test_batcher_collects_the_next_batch_while_one_runs() -> None:
+    slow = Recorder(seconds=0.3)
+    batcher: Batcher[int, int] = Batcher([slow], batch_target=2, linger_s=0.05)
 
     async def go() -> list[int]:
         first = [asyncio.ensure_future(batcher.submit(j)) for j in (1, 2)]
@@ -96,13 +128,13 @@ def test_batcher_collects_the_next_batch_while_one_runs() -> None:
         second = [asyncio.ensure_future(batcher.submit(j)) for j in (3, 4, 5)]
         return list(await asyncio.gather(*first, *second))
 
-    assert asyncio.run(go()) == [1, 2, 3, 4, 5]
-    assert batcher.stats.sizes == [2, 3]
+    assert asyncio.run(go()) == [10, 20, 30, 40, 50]
+    assert batcher.stats.sizes == [2, 2, 1]  # the runner was busy: batches of the target
 
 
 def test_batcher_gives_every_caller_the_batch_error_and_keeps_working() -> None:
     rec = Recorder(fail=True)
-    batcher: Batcher[int, int] = Batcher(rec, k_target=2, linger_s=0.05)
+    batcher: Batcher[int, int] = Batcher([rec], batch_target=2, linger_s=0.05)
 
     async def go() -> list[object]:
         return list(
@@ -115,11 +147,22 @@ def test_batcher_gives_every_caller_the_batch_error_and_keeps_working() -> None:
     assert asyncio.run(_submit_all(batcher, [5, 6])) == [50, 60]
 
 
+def test_a_threaded_runner_runs_a_blocking_function() -> None:
+    with ThreadPoolExecutor(1) as pool:
+        runner = threaded_runner(lambda jobs: [j + 1 for j in jobs], pool)
+        batcher: Batcher[int, int] = Batcher([runner], batch_target=2, linger_s=0.05)
+        assert asyncio.run(_submit_all(batcher, [1, 2])) == [2, 3]
+
+
 def test_batcher_refuses_bad_settings() -> None:
     with pytest.raises(ValueError):
-        Batcher(Recorder(), k_target=0, linger_s=0.1)
+        Batcher([Recorder()], batch_target=0, linger_s=0.1)
     with pytest.raises(ValueError):
-        Batcher(Recorder(), k_target=1, linger_s=-1)
+        Batcher([Recorder()], batch_target=1, linger_s=-1)
+    with pytest.raises(ValueError):
+        Batcher([], batch_target=1, linger_s=0.1)
+    with pytest.raises(ValueError):
+        Batcher([Recorder()], batch_target=1, linger_s=0.1, expected=0)
 
 
 # ---------------------------------------------------------------------------- sessions
@@ -148,8 +191,9 @@ class InProcessService:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
+        self.pool = ThreadPoolExecutor(1)
         self.batcher: Batcher[VectorizedJob, VectorizedOutcome] = Batcher(
-            self.core.run_batch, k_target=k_target, linger_s=2.0
+            [threaded_runner(self.core.run_batch, self.pool)], batch_target=k_target, linger_s=2.0
         )
 
     def submit(self, job: VectorizedJob) -> VectorizedOutcome:
@@ -158,7 +202,7 @@ class InProcessService:
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
-        self.batcher.close()
+        self.pool.shutdown()
 
 
 @pytest.fixture
@@ -344,22 +388,17 @@ def test_a_failing_service_leaves_the_round_on_peft(
     assert "service gone" in str(out.metrics["trainer_fallback"])
 
 
-def test_service_replicas_split_k_and_spread_phones_by_partition() -> None:
+def test_service_workers_share_k() -> None:
     from fedlora.config import load_settings
     from fedlora.simulations.vectorized_service import ServiceSpec
 
     s = load_settings(None, [])
     one = ServiceSpec.for_run(s, "svc", 8)
-    assert one.replica_names() == ["svc"] and one.k_target == 8 and one.threads is None
-    assert one.replica_for(5) == "svc"
-
-    two = ServiceSpec.for_run(s, "svc", 7, replicas=2)
-    assert two.replica_names() == ["svc-0", "svc-1"]
-    assert two.k_target == 4 and two.threads == 1  # ⌈7 / 2⌉, one core each
-    assert [two.replica_for(p) for p in range(4)] == ["svc-0", "svc-1", "svc-0", "svc-1"]
-
-    capped = ServiceSpec.for_run(s, "svc", 2, replicas=16)  # never more replicas than K
-    assert capped.replicas == 2 and capped.k_target == 1
+    assert one.workers == 1 and one.batch_target == 8 and one.worker_threads >= 1
+    two = ServiceSpec.for_run(s, "svc", 7, workers=2)
+    assert two.batch_target == 4 and two.worker_threads == 1  # ⌈7 / 2⌉, one core each
+    capped = ServiceSpec.for_run(s, "svc", 2, workers=16)  # never more workers than K
+    assert capped.workers == 2 and capped.batch_target == 1
 
 
 def test_a_memory_budget_is_verified_on_the_phones_own_base_then_the_service_trains(
