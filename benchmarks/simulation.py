@@ -24,7 +24,11 @@ tree (driver, GCS, raylet, workers) sampled every 0.5 s.
 
 ``overhead_vs_standalone`` = simulated (not vectorized) wall / standalone wall;
 ``vectorized_speedup`` = standalone wall / simulated vectorized wall (> 1: simulating with
-vectorized phones is faster than the plain one-phone-at-a-time loop).
+vectorized phones is faster than the plain one-phone-at-a-time loop). Both include each
+side's start (imports, Ray, actors, model loads), which on a small machine is a large part
+of a short run, so the JSON also has ``steady_*``: the same ratios over the mean wall time of
+rounds 2..N (a standalone "round" is its ``per_round`` phones one after the other), and
+``startup_s`` (wall minus the rounds).
 
 Run:  python benchmarks/simulation.py            (≈ 10-20 minutes on 2 busy cores)
       python benchmarks/simulation.py --quick    (a smoke run)
@@ -89,7 +93,9 @@ def child_standalone(args: argparse.Namespace) -> None:
     session = PhoneSession()
     rng = np.random.default_rng(0)
     digest = ""
+    round_s: list[float] = []
     for rnd in range(1, args.rounds + 1):
+        t_round = time.perf_counter()
         for pid in rng.choice(len(ids), size=args.per_round, replace=False):
             rank = ranks[int(pid) % len(ranks)]
             view = truncate_to_rank(initial, rank)
@@ -108,6 +114,8 @@ def child_standalone(args: argparse.Namespace) -> None:
             data = fed.clients[ids[int(pid)]]
             out = session.run_round(instr, view, data.train, s, heldout_texts=data.heldout)
             assert out.report.status == "trained", out.report
+        round_s.append(time.perf_counter() - t_round)
+    print(json.dumps({"round_s": round_s}))
 
 
 def child_simulated(args: argparse.Namespace) -> None:
@@ -121,7 +129,11 @@ def child_simulated(args: argparse.Namespace) -> None:
     summary = result.summary
     print(
         json.dumps(
-            {"simulation_s": summary["wall_s"]["simulation"], "trainers": summary["trainers"]}
+            {
+                "simulation_s": summary["wall_s"]["simulation"],
+                "trainers": summary["trainers"],
+                "round_s": [r["round_s"] for r in result.records],
+            }
         )
     )
     assert summary["status"] == "completed", summary.get("error")
@@ -217,6 +229,15 @@ def main() -> None:
     sim = results[f"simulated_{args.phones}"]
     big = results[f"simulated_{args.big_phones}"]
     vec = results[f"simulated_vectorized_{args.phones}"]
+
+    def steady(r: dict[str, Any]) -> float:
+        """Mean wall seconds of a round after the first (no process starts, no model loads)."""
+        later = r["round_s"][1:]
+        return sum(later) / len(later) if later else float("nan")
+
+    standalone_run = min(
+        (r for k, r in results.items() if k.startswith("standalone")), key=lambda r: r["wall_s"]
+    )
     out = {
         "phones": args.phones,
         "big_phones": args.big_phones,
@@ -237,6 +258,18 @@ def main() -> None:
         f"peak_rss_mb_{args.phones}": sim["peak_rss_mb"],
         f"peak_rss_mb_{args.big_phones}": big["peak_rss_mb"],
         "peak_rss_ratio": big["peak_rss_mb"] / sim["peak_rss_mb"],
+        "steady_round_s": {
+            "standalone": steady(standalone_run),
+            "simulated": steady(sim),
+            "simulated_vectorized": steady(vec),
+        },
+        "steady_overhead_vs_standalone": steady(sim) / steady(standalone_run),
+        "steady_vectorized_speedup": steady(standalone_run) / steady(vec),
+        "startup_s": {
+            "standalone": standalone_run["wall_s"] - sum(standalone_run["round_s"]),
+            "simulated": sim["wall_s"] - sum(sim["round_s"]),
+            "simulated_vectorized": vec["wall_s"] - sum(vec["round_s"]),
+        },
         "standalone_peak_rss_mb": results["standalone_1thread"]["peak_rss_mb"],
         "cpus": os.cpu_count(),
         "load_avg_1m": os.getloadavg()[0],
