@@ -466,6 +466,7 @@ class PhoneSession:
             from fedlora.client.peft_round import train_on_peft
 
             with self._local_base(settings, held) as base:
+                facts = base.facts  # the report describes the base it trained on
                 peft = train_on_peft(
                     base, start, tok, eval_tok, cfg,
                     rule=instr.rule, dropout=settings.lora.dropout, started=started,
