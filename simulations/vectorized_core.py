@@ -39,8 +39,8 @@ def portable_facts(base: LoadedBase) -> BaseFacts | None:
 class ServiceCore:
     """One frozen base + a :class:`VectorizedLoraTrainer`; :meth:`run_batch` is a batch.
 
-    ``threads``: torch intra-op threads for the batch (set on the calling thread, which is the
-    batcher's worker; default: every core of the machine).
+    ``threads``: torch intra-op threads for the batch, set by :meth:`run_batch` on the thread
+    that calls it (a worker actor's, or an in-process runner's; default: every core).
     """
 
     def __init__(
